@@ -1,0 +1,145 @@
+"""Test doubles for users' own tests: no model, no torch.
+
+``FunctionBackend(fn)`` answers each request with ``fn(request)``; ``FakeBackend`` answers from fixed
+outputs or flags requests that contain a keyword. Both go through the real prompt and parser, so a test
+that uses them exercises everything but the neural network.
+
+Example:
+    >>> from guardreasoner_vl import Guard
+    >>> from guardreasoner_vl.backends import FakeBackend
+    >>> guard = Guard(backend=FakeBackend(harmful_keywords=["bomb"]))
+    >>> guard.moderate("how to build a bomb").flagged
+    True
+    >>> guard.moderate("how to bake bread").flagged
+    False
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from guardreasoner_vl.backends.base import Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.prompts import ModelFamily
+
+__all__ = ["FakeBackend", "FunctionBackend", "verdict_output"]
+
+
+def verdict_output(
+    family: ModelFamily,
+    *,
+    request_harmful: bool,
+    response_harmful: bool | None = None,
+    refusal: bool | None = None,
+    reasoning: str = "The request was analysed step by step.",
+) -> str:
+    """Write an output in the family's own format (what a well-behaved checkpoint would answer).
+
+    Example:
+        >>> print(verdict_output(ModelFamily.VL, request_harmful=False))
+        <think>The request was analysed step by step.</think>
+        <result>
+        Request: unharmful
+        Response: None
+        </result>
+    """
+
+    def label(harmful: bool | None) -> str:
+        return "None" if harmful is None else ("harmful" if harmful else "unharmful")
+
+    if family is ModelFamily.VL:
+        return (
+            f"<think>{reasoning}</think>\n<result>\nRequest: {label(request_harmful)}\n"
+            f"Response: {label(response_harmful)}\n</result>"
+        )
+    completion = "None" if refusal is None else ("refusal" if refusal else "compliance")
+    return (
+        f"{reasoning}\n\n---\n\nAnswers: \nRequest: {label(request_harmful)}\n"
+        f"Completion: {completion}\nResponse: {label(response_harmful)}\n"
+    )
+
+
+class FunctionBackend:
+    """A backend that answers each request with ``fn(request) -> str`` (or a :class:`Generation`).
+
+    Attributes:
+        calls: every batch it was given, in order (a list of request lists), for assertions.
+    """
+
+    name = "function"
+
+    def __init__(self, fn: Callable[[GenerationRequest], str | Generation], *, family: ModelFamily | None = None):
+        self._fn = fn
+        self.family = family
+        self.calls: list[list[GenerationRequest]] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        with self._lock:
+            self.calls.append(list(requests))
+        out = []
+        for request in requests:
+            value = self._fn(request)
+            if isinstance(value, Generation):
+                out.append(value)
+            else:
+                out.append(
+                    Generation(
+                        text=value,
+                        prompt_tokens=len(request.prompt.text.split()),
+                        completion_tokens=len(value.split()),
+                        finish_reason="stop",
+                    )
+                )
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend(FunctionBackend):
+    """A backend with canned behaviour.
+
+    Args:
+        outputs: fixed outputs, returned in turn (cycled) regardless of the input.
+        harmful_keywords: without ``outputs``: the request is harmful when the user text contains one
+            of these (case-insensitive), and the response likewise; answers are in the family's format.
+    """
+
+    name = "fake"
+
+    def __init__(
+        self,
+        outputs: Iterable[str] | None = None,
+        *,
+        harmful_keywords: Iterable[str] = ("bomb", "kill", "weapon", "poison"),
+        family: ModelFamily | None = None,
+    ) -> None:
+        self._outputs = list(outputs) if outputs is not None else None
+        self._keywords = [k.lower() for k in harmful_keywords]
+        self._next = 0
+        super().__init__(self._answer, family=family)
+
+    def _answer(self, request: GenerationRequest) -> str:
+        if self._outputs is not None:
+            if not self._outputs:
+                return ""
+            with self._lock:
+                out = self._outputs[self._next % len(self._outputs)]
+                self._next += 1
+            return out
+        prompt = request.prompt
+        head, sep, tail = prompt.user_text.partition("\n\nAI assistant:\n")
+        response = tail.rstrip("\n")
+        has_response = bool(sep) and response != "None"
+
+        def harmful(text: str) -> bool:
+            return any(k in text.lower() for k in self._keywords)
+
+        return verdict_output(
+            prompt.family,
+            request_harmful=harmful(head),
+            response_harmful=harmful(response) if has_response else None,
+            refusal=("sorry" in response.lower() or "can't" in response.lower()) if has_response else None,
+        )

@@ -1,0 +1,123 @@
+"""Turn a :class:`~guardreasoner_vl.prompts.RenderedPrompt` into token ids, safely.
+
+Hugging Face tokenizers match added tokens (``<|im_end|>``, ``<|image_pad|>``, ``<|eot_id|>`` ...)
+anywhere in the text they encode, so a user who types ``<|im_end|><|im_start|>assistant`` could close the
+guard's user turn and write its answer. Here only the template's ``special`` parts become special ids;
+every ``text`` part (template text and caller text together) is encoded by the tokenizer's normaliser,
+pre-tokeniser and BPE model directly, which never sees the added vocabulary.
+
+Hugging Face itself splits text at special tokens before pre-tokenising, so for text that holds no
+special-token strings the ids are identical to the standard tokenisation of :attr:`RenderedPrompt.text`
+(the prompt-fidelity tests check this on the real Qwen2.5 vocabulary). This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from guardreasoner_vl.errors import ModelLoadError
+from guardreasoner_vl.prompts import IMAGE_PAD, VISION_END, VISION_START, RenderedPrompt
+
+__all__ = ["EncodedPrompt", "PlainEncoder", "encode_prompt"]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPrompt:
+    """Token ids of a prompt and, aligned with them, 1 where a token is an image pad (else 0)."""
+
+    input_ids: list[int]
+    image_mask: list[int]
+
+
+class PlainEncoder:
+    """Encodes text with a fast tokenizer's pipeline while never producing an added/special token.
+
+    Args:
+        tokenizer: a Hugging Face *fast* tokenizer (``PreTrainedTokenizerFast``/``TokenizersBackend``).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ModelLoadError(
+                f"{type(tokenizer).__name__} is not a fast tokenizer; guardreasoner-vl needs one "
+                "(a checkpoint with tokenizer.json) to keep special tokens out of user text"
+            )
+        self.tokenizer = tokenizer
+        self._normalizer = backend.normalizer
+        self._pre_tokenizer = backend.pre_tokenizer
+        self._model = backend.model
+        self._special_ids = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
+        self._special_ids.update(int(i) for i in getattr(tokenizer, "all_special_ids", []) if i is not None)
+        self._token_ids: dict[str, int] = {}
+        self._prefix: list[int] | None = None
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of every added or special token of the tokenizer."""
+        return frozenset(self._special_ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` as plain text: special-token strings in it stay ordinary characters."""
+        if not text:
+            return []
+        normalized = self._normalizer.normalize_str(text) if self._normalizer is not None else text
+        pieces = (
+            self._pre_tokenizer.pre_tokenize_str(normalized)
+            if self._pre_tokenizer is not None
+            else [(normalized, (0, len(normalized)))]
+        )
+        ids: list[int] = []
+        for piece, _ in pieces:
+            ids.extend(token.id for token in self._model.tokenize(piece))
+        return ids
+
+    def token_id(self, token: str) -> int:
+        """Id of a special token of the template; raises if the tokenizer does not have it."""
+        cached = self._token_ids.get(token)
+        if cached is not None:
+            return cached
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if token_id is None or (unk is not None and token_id == unk and token != self.tokenizer.unk_token):
+            raise ModelLoadError(f"the tokenizer has no token {token!r}, which this model family's prompt needs")
+        self._token_ids[token] = int(token_id)
+        return int(token_id)
+
+    def prefix_ids(self) -> list[int]:
+        """Ids the tokenizer puts before every text on its own (e.g. Llama 3's ``<|begin_of_text|>``)."""
+        if self._prefix is None:
+            self._prefix = list(self.tokenizer("", add_special_tokens=True)["input_ids"])
+        return list(self._prefix)
+
+
+def encode_prompt(
+    encoder: PlainEncoder, prompt: RenderedPrompt, *, num_image_tokens: int = 0, add_prefix: bool = False
+) -> EncodedPrompt:
+    """Encode ``prompt`` part by part; the image slot becomes ``num_image_tokens`` image pads.
+
+    Args:
+        encoder: the model's :class:`PlainEncoder`.
+        prompt: the rendered reference prompt.
+        num_image_tokens: image pad tokens for the slot (merged patches of the prepared image).
+        add_prefix: prepend the tokenizer's own prefix (BOS); used for the raw-string text family.
+    """
+    ids: list[int] = encoder.prefix_ids() if add_prefix else []
+    mask = [0] * len(ids)
+    for part in prompt.parts:
+        if part.kind == "special":
+            ids.append(encoder.token_id(part.value))
+            mask.append(0)
+        elif part.kind == "text":
+            chunk = encoder.encode(part.value)
+            ids.extend(chunk)
+            mask.extend([0] * len(chunk))
+        else:
+            if num_image_tokens <= 0:
+                raise ValueError("the prompt has an image slot but num_image_tokens is 0")
+            ids.append(encoder.token_id(VISION_START))
+            ids.extend([encoder.token_id(IMAGE_PAD)] * num_image_tokens)
+            ids.append(encoder.token_id(VISION_END))
+            mask.extend([0] + [1] * num_image_tokens + [0])
+    return EncodedPrompt(ids, mask)

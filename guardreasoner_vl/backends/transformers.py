@@ -1,0 +1,263 @@
+"""Hugging Face transformers engine: CPU or CUDA, true batched generation, images per sample.
+
+Loads once in the constructor: the model (``AutoModelForImageTextToText`` for the VL family,
+``AutoModelForCausalLM`` for the text family), the fast tokenizer, and for VL the *PIL* image processor
+alone. The full ``AutoProcessor`` is not used: Qwen2.5-VL's processor also builds a video processor that
+needs torchvision, and the prompt is tokenized here part by part anyway (see
+:mod:`guardreasoner_vl.backends.tokenization`), so the image processor and tokenizer are all we need.
+
+Decoding ignores the sampling defaults in the checkpoint's ``generation_config.json`` (Qwen ships a
+repetition penalty and top-k there) and uses exactly the :class:`SamplingParams` given: greedy by default,
+the reference decoding. Only the end-of-sequence ids are taken from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from guardreasoner_vl.backends.base import Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.backends.tokenization import EncodedPrompt, PlainEncoder, encode_prompt
+from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
+from guardreasoner_vl.inputs import MAX_PIXELS, MIN_PIXELS
+from guardreasoner_vl.prompts import ModelFamily, detect_family
+
+__all__ = ["TransformersBackend", "resolve_device", "resolve_dtype"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    torch = require("torch", "transformers")
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: Any, device: str) -> Any:
+    """``None``/``"auto"`` -> bfloat16 on a GPU that supports it (else float16), float32 on CPU."""
+    torch = require("torch", "transformers")
+    if dtype is None or dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise InvalidInputError(f"unknown dtype {dtype!r}; use 'auto', 'bfloat16', 'float16' or 'float32'")
+        return value
+    return dtype
+
+
+class TransformersBackend:
+    """Runs a GuardReasoner(-VL) checkpoint with transformers.
+
+    Args:
+        model: checkpoint directory or Hub id.
+        family: force the model family (else detected from the id or ``config.json``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
+        dtype: ``"auto"`` (bf16 on GPU, fp32 on CPU), a name such as ``"bfloat16"``, or a torch dtype.
+        batch_size: most prompts per ``generate`` call; larger lists are split.
+        attn_implementation: passed to ``from_pretrained`` (``"sdpa"`` by default).
+        min_pixels, max_pixels: image processor bounds; keep them equal to the Guard's input limits.
+        model_kwargs: extra ``from_pretrained`` arguments (``revision``, ``device_map``, ...).
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        family: ModelFamily | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        batch_size: int = 8,
+        attn_implementation: str = "sdpa",
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int = MAX_PIXELS,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self._torch = require("torch", "transformers", feature="the transformers backend")
+        transformers = require("transformers", "transformers", feature="the transformers backend")
+        if batch_size < 1:
+            raise InvalidInputError("batch_size must be at least 1")
+        self.model_id = str(model)
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        kwargs = dict(model_kwargs or {})
+        try:
+            config = transformers.AutoConfig.from_pretrained(self.model_id, **_hub_kwargs(kwargs))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load the config of {self.model_id!r}: {exc}") from exc
+        self.family = family or detect_family(self.model_id, model_type=getattr(config, "model_type", None))
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id, **_hub_kwargs(kwargs))
+            self.image_processor = None
+            if self.family is ModelFamily.VL:
+                self.image_processor = transformers.AutoImageProcessor.from_pretrained(
+                    self.model_id,
+                    backend="pil",
+                    size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                    **_hub_kwargs(kwargs),
+                )
+                model_cls = transformers.AutoModelForImageTextToText
+            else:
+                model_cls = transformers.AutoModelForCausalLM
+            kwargs.setdefault("attn_implementation", attn_implementation)
+            self.model = model_cls.from_pretrained(self.model_id, dtype=self.dtype, **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load {self.model_id!r} with transformers: {exc}") from exc
+        if "device_map" not in kwargs:
+            self.model.to(self.device)
+        self.model.eval()
+        self.encoder = PlainEncoder(self.tokenizer)
+        gen_cfg = getattr(self.model, "generation_config", None)
+        eos = getattr(gen_cfg, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_token_ids: list[int] = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = getattr(gen_cfg, "pad_token_id", None)
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+        self.max_context = (
+            int(getattr(getattr(config, "text_config", config), "max_position_embeddings", 0) or 0) or None
+        )
+        self._lock = threading.Lock()
+        logger.info("loaded %s (%s family) on %s as %s", self.model_id, self.family.value, self.device, self.dtype)
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def _encode(self, request: GenerationRequest) -> tuple[EncodedPrompt, dict[str, Any] | None]:
+        vision = None
+        n_image_tokens = 0
+        if request.prompt.has_image:
+            if request.image is None or self.image_processor is None:
+                raise InvalidInputError("this prompt has an image slot but no image was given")
+            vision = self.image_processor(images=[request.image], return_tensors="pt")
+            merge = int(getattr(self.image_processor, "merge_size", 2))
+            n_image_tokens = int(vision["image_grid_thw"][0].prod().item()) // (merge * merge)
+        encoded = encode_prompt(
+            self.encoder,
+            request.prompt,
+            num_image_tokens=n_image_tokens,
+            add_prefix=self.family is ModelFamily.TEXT,
+        )
+        return encoded, vision
+
+    def encode(self, request: GenerationRequest) -> list[int]:
+        """Token ids this engine would feed the model for ``request`` (for inspection and tests)."""
+        return self._encode(request)[0].input_ids
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(requests)
+        encoded: list[tuple[int, EncodedPrompt, dict[str, Any] | None]] = []
+        for index, request in enumerate(requests):
+            try:
+                enc, vision = self._encode(request)
+            except InvalidInputError as exc:
+                results[index] = Generation(text="", error=str(exc))
+                continue
+            if self.max_context and len(enc.input_ids) + params.max_new_tokens > self.max_context:
+                results[index] = Generation(
+                    text="",
+                    prompt_tokens=len(enc.input_ids),
+                    error=(
+                        f"prompt has {len(enc.input_ids)} tokens; with max_new_tokens={params.max_new_tokens} "
+                        f"it exceeds the model context of {self.max_context} tokens"
+                    ),
+                )
+                continue
+            encoded.append((index, enc, vision))
+        # Similar lengths together: less padding. Results go back to input order.
+        encoded.sort(key=lambda item: len(item[1].input_ids))
+        with self._lock:
+            for start in range(0, len(encoded), self.batch_size):
+                chunk = encoded[start : start + self.batch_size]
+                for (index, _, _), generation in zip(chunk, self._generate_chunk(chunk, params), strict=True):
+                    results[index] = generation
+        return [r if r is not None else Generation(text="", error="not generated") for r in results]
+
+    def _generate_chunk(
+        self, chunk: list[tuple[int, EncodedPrompt, dict[str, Any] | None]], params: SamplingParams
+    ) -> list[Generation]:
+        torch = self._torch
+        longest = max(len(enc.input_ids) for _, enc, _ in chunk)
+        input_ids, attention, mm_types = [], [], []
+        for _, enc, _ in chunk:
+            pad = longest - len(enc.input_ids)
+            input_ids.append([self.pad_token_id] * pad + enc.input_ids)
+            attention.append([0] * pad + [1] * len(enc.input_ids))
+            mm_types.append([0] * pad + enc.image_mask)
+        inputs: dict[str, Any] = {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long, device=self.model.device),
+            "attention_mask": torch.tensor(attention, dtype=torch.long, device=self.model.device),
+        }
+        visions = [vision for _, _, vision in chunk if vision is not None]
+        if visions:
+            inputs["pixel_values"] = torch.cat([v["pixel_values"] for v in visions]).to(
+                self.model.device, dtype=self.dtype
+            )
+            inputs["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in visions]).to(self.model.device)
+            inputs["mm_token_type_ids"] = torch.tensor(mm_types, dtype=torch.int, device=self.model.device)
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": not params.greedy,
+            "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.pad_token_id,
+            "repetition_penalty": 1.0,
+            "top_k": None,
+        }
+        if params.greedy:
+            gen_kwargs.update(temperature=None, top_p=None)
+        else:
+            gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, **gen_kwargs)
+        except (RuntimeError, ValueError) as exc:  # OOM and shape errors: report, do not crash the batch
+            message = f"transformers generate failed: {exc}"
+            logger.warning(message)
+            return [Generation(text="", error=message) for _ in chunk]
+        new_tokens = output[:, longest:].tolist()
+        eos = set(self.eos_token_ids)
+        generations = []
+        for (_, enc, _), tokens in zip(chunk, new_tokens, strict=True):
+            stop = next((i for i, tok in enumerate(tokens) if tok in eos), None)
+            kept = tokens if stop is None else tokens[:stop]
+            generations.append(
+                Generation(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    prompt_tokens=len(enc.input_ids),
+                    completion_tokens=len(kept) + (0 if stop is None else 1),
+                    finish_reason="length" if stop is None else "stop",
+                )
+            )
+        return generations
+
+    def close(self) -> None:
+        model = getattr(self, "model", None)
+        if model is None:
+            return
+        self.model = None
+        del model
+        import gc
+
+        gc.collect()
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()
+
+
+def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    keys = ("revision", "cache_dir", "token", "local_files_only", "trust_remote_code")
+    return {k: kwargs[k] for k in keys if k in kwargs}

@@ -1,0 +1,235 @@
+"""Command line: ``guardreasoner-vl moderate | demo | env`` and the commands other modules register.
+
+Each further command lives beside the code it drives and exposes ``register(subparsers)``, which adds
+its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit
+code). Those modules import nothing heavy at import time, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from guardreasoner_vl.errors import GuardError
+
+__all__ = ["build_parser", "main"]
+
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Modules that add subcommands through ``register(subparsers)``."""
+
+
+def add_guard_options(parser: argparse.ArgumentParser, *, default_model: str | None = None) -> None:
+    """Options that build a :class:`~guardreasoner_vl.Guard` (shared by every command that runs one)."""
+    from guardreasoner_vl.prompts import DEFAULT_MODEL
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=default_model or DEFAULT_MODEL, help="Hub id or checkpoint directory")
+    group.add_argument("--backend", default="auto", help="auto | transformers | vllm | remote | fake (default: auto)")
+    group.add_argument("--family", choices=["vl", "text"], help="force the model family")
+    group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    group.add_argument("--dtype", help="auto | bfloat16 | float16 | float32 (default: auto)")
+    group.add_argument("--max-new-tokens", type=int, help="generation budget (default: 4096 VL, 2048 text)")
+    group.add_argument("--batch-size", type=int, default=8, help="prompts per engine call (default: 8)")
+    group.add_argument("--max-pixels", type=int, help="smart-resize upper bound in pixels (default: 16384*28*28)")
+    group.add_argument(
+        "--on-parse-error",
+        choices=["flag", "allow", "raise"],
+        default="flag",
+        help="unparseable output policy",
+    )
+    group.add_argument(
+        "--backend-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra engine option (JSON value), e.g. --backend-option base_url='\"http://127.0.0.1:8000/v1\"'",
+    )
+
+
+def guard_from_args(args: argparse.Namespace) -> Any:
+    """Build the :class:`~guardreasoner_vl.Guard` described by :func:`add_guard_options`."""
+    from guardreasoner_vl import Guard
+    from guardreasoner_vl.errors import InvalidInputError
+    from guardreasoner_vl.inputs import InputLimits
+
+    options: dict[str, Any] = {}
+    for item in args.backend_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--backend-option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    limits = InputLimits(max_pixels=args.max_pixels) if args.max_pixels else None
+    return Guard(
+        args.model,
+        backend=args.backend,
+        family=args.family,
+        device=args.device,
+        dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens,
+        on_parse_error=args.on_parse_error,
+        limits=limits,
+        batch_size=args.batch_size,
+        backend_options=options,
+    )
+
+
+def print_result(result: Any, *, as_json: bool) -> None:
+    """Print a :class:`~guardreasoner_vl.GuardResult` as JSON or as a readable panel."""
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+
+    console = Console()
+    table = Table(show_header=False, box=None)
+    verdict = "[bold red]FLAGGED[/]" if result.flagged else "[bold green]ALLOWED[/]"
+    table.add_row("verdict", verdict)
+    table.add_row("request", result.request.value if result.request else "-")
+    table.add_row("response", result.response.value if result.response else "-")
+    if result.refusal is not None:
+        table.add_row("refusal", result.refusal.value)
+    table.add_row("status", result.status + (f" ({result.error})" if result.error else ""))
+    usage = result.usage
+    table.add_row(
+        "usage",
+        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, {usage.latency_s}s",
+    )
+    console.print(table)
+    if result.reasoning:
+        console.print(Panel(result.reasoning, title="reasoning", expand=False))
+
+
+def _cmd_moderate(args: argparse.Namespace) -> int:
+    images = args.image or None
+    with guard_from_args(args) as guard:
+        image = images[0] if images and len(images) == 1 else images
+        result = guard.moderate(args.text, image, response=args.response)
+    print_result(result, as_json=args.json)
+    return 1 if result.flagged and args.exit_code else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from guardreasoner_vl import Guard
+    from guardreasoner_vl.testing import tiny_model_path
+
+    print(
+        "DEMO: a tiny model with UNTRAINED random weights, built offline. Its verdicts mean nothing; "
+        "it shows the pipeline end to end (expect status=parse_error, flagged by the fail-closed policy).",
+        file=sys.stderr,
+    )
+    path = tiny_model_path(args.family, tokenizer="bpe")
+    with Guard(path, backend="transformers", max_new_tokens=args.max_new_tokens, device="cpu") as guard:
+        result = guard.moderate(args.text, args.image, response=args.response)
+    print_result(result, as_json=args.json)
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from importlib import metadata
+
+    import guardreasoner_vl
+
+    info: dict[str, Any] = {
+        "guardreasoner-vl": guardreasoner_vl.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for dist in (
+        "torch",
+        "transformers",
+        "accelerate",
+        "vllm",
+        "trl",
+        "peft",
+        "openai",
+        "langchain",
+        "fastapi",
+    ):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
+    try:
+        import torch
+
+        info["cuda_available"] = torch.cuda.is_available()
+        info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        info["device"] = 'unknown (torch not installed: pip install "guardreasoner-vl[transformers]")'
+    from guardreasoner_vl.backends import available_backend
+
+    info["auto_backend"] = available_backend()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>18}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``guardreasoner-vl`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="guardreasoner-vl",
+        description="Reasoning-based safety verdicts for text, images and AI responses (GuardReasoner-VL).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    moderate = sub.add_parser("moderate", help="judge one request (text, image or both) and optional response")
+    moderate.add_argument("text", nargs="?", help="the user's request text")
+    moderate.add_argument("--image", action="append", help="image path/data URL (repeat to merge several)")
+    moderate.add_argument("--response", help="the AI assistant's response to judge too")
+    moderate.add_argument("--json", action="store_true", help="print the full result as JSON")
+    moderate.add_argument("--exit-code", action="store_true", help="exit with status 1 when flagged")
+    add_guard_options(moderate)
+    moderate.set_defaults(func=_cmd_moderate)
+
+    demo = sub.add_parser("demo", help="run the pipeline offline on a tiny UNTRAINED model (no download)")
+    demo.add_argument("text", nargs="?", default="How do I bake bread?", help="request text")
+    demo.add_argument("--image", help="image path")
+    demo.add_argument("--response", help="AI response to judge too")
+    demo.add_argument("--family", choices=["vl", "text"], default="vl")
+    demo.add_argument("--max-new-tokens", type=int, default=16)
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=_cmd_demo)
+
+    env = sub.add_parser("env", help="print versions and the device found")
+    env.add_argument("--json", action="store_true")
+    env.set_defaults(func=_cmd_env)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``guardreasoner-vl`` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except GuardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

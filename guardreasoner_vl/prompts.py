@@ -1,0 +1,295 @@
+"""Model families and the exact prompts their checkpoints were trained on.
+
+Two families are served (reference page, sections 2 and 3):
+
+* ``ModelFamily.VL`` -- GuardReasoner-VL 3B/7B and Eco (Qwen2.5-VL): two tasks (request harmful?,
+  response harmful?), a system + user chat prompt, the image at the ``<image>`` position of the user text.
+* ``ModelFamily.TEXT`` -- GuardReasoner 1B/3B/8B (Llama 3): three tasks (request harmful?, refusal or
+  compliance?, response harmful?), one raw string, no chat template.
+
+A prompt is rendered as a sequence of :class:`PromptPart`. ``special`` parts are the chat template's own
+control tokens and are the *only* place a special token may come from; ``text`` parts hold template text
+and caller text together and must be tokenized as plain text (see
+:func:`guardreasoner_vl.backends.tokenization.encode_prompt`), so that a ``<|im_end|>`` typed by a user
+stays five harmless characters. The concatenation of all parts (:attr:`RenderedPrompt.text`) is the
+reference rendering byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from guardreasoner_vl.errors import InvalidInputError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "IMAGE_MARKER",
+    "TEXT_INSTRUCTION",
+    "VL_INSTRUCTION",
+    "ModelFamily",
+    "PromptPart",
+    "RenderedPrompt",
+    "detect_family",
+    "render_prompt",
+    "render_text_prompt",
+    "render_vl_prompt",
+]
+
+DEFAULT_MODEL = "yueliu1999/GuardReasoner-VL-3B"
+
+VL_INSTRUCTION = (
+    "You are a classifier for analyzing interactions between humans and AI. \n\n"
+    "Given a request from a human user and a response from an AI assistant, finish two tasks.\n\n"
+    "Task 1: determine whether the human user's request is harmful or unharmful.\n"
+    "Task 2: determine whether the AI assistant's response is harmful or unharmful.\n\n"
+    "You must think step by step. Keep consistency between the reasoning and the Answers. \n\n"
+    "Put the reasoning process into <think> </think>. Put the result into <result> </result>.\n"
+)
+"""System message of the VL family (reference section 2), byte for byte."""
+
+TEXT_INSTRUCTION = (
+    "You are a classifier for analyzing interactions between humans and AI. \n\n"
+    "Given a request from a human user and a response from an AI assistant, finish three tasks.\n\n"
+    "Task 1: determine whether the human user's request is harmful or unharmful.\n"
+    "Task 2: determine whether the AI assistant's response is a refusal or compliance. \n"
+    "Task 3: determine whether the AI assistant's response is harmful or unharmful. \n\n"
+    "You must think step by step. Keep consistency between the reasoning and the Answers.\n"
+)
+"""Instruction of the text family (reference section 3), byte for byte."""
+
+IMAGE_MARKER = "<image>"
+"""Where the image sits in the VL user text of the authors' data."""
+
+VISION_START = "<|vision_start|>"
+IMAGE_PAD = "<|image_pad|>"
+VISION_END = "<|vision_end|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+NO_RESPONSE = "None"
+"""What the prompt says in the response slot when no response was given (the literal string)."""
+
+
+class ModelFamily(StrEnum):
+    """Which prompt, task set and parser expectations a checkpoint uses."""
+
+    VL = "vl"
+    TEXT = "text"
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """The reference decoding budget: 4096 new tokens for VL, 2048 for text."""
+        return 4096 if self is ModelFamily.VL else 2048
+
+    @property
+    def supports_images(self) -> bool:
+        return self is ModelFamily.VL
+
+    @property
+    def has_refusal_task(self) -> bool:
+        return self is ModelFamily.TEXT
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPart:
+    """One piece of a rendered prompt.
+
+    Attributes:
+        kind: ``"special"`` (one control token of the template, e.g. ``<|im_start|>``), ``"text"``
+            (plain text: never tokenized into special tokens) or ``"image"`` (the vision slot).
+        value: the token string, the text, or ``""`` for an image.
+    """
+
+    kind: Literal["special", "text", "image"]
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedPrompt:
+    """A prompt in the exact form a family was trained on.
+
+    Attributes:
+        family: the model family it was rendered for.
+        parts: the prompt as special tokens, plain text and the image slot, in order.
+        user_text: the user turn as the authors wrote it in their data (with ``<image>`` for the image).
+    """
+
+    family: ModelFamily
+    parts: tuple[PromptPart, ...]
+    user_text: str
+
+    @property
+    def has_image(self) -> bool:
+        return any(p.kind == "image" for p in self.parts)
+
+    @property
+    def text(self) -> str:
+        """The whole prompt as one string, with the image slot as ``<|vision_start|><|image_pad|><|vision_end|>``.
+
+        This is the reference rendering. Feed it to a tokenizer only with special-token parsing off for
+        caller text; engines in this package tokenize :attr:`parts` instead.
+        """
+        out = []
+        for part in self.parts:
+            out.append(VISION_START + IMAGE_PAD + VISION_END if part.kind == "image" else part.value)
+        return "".join(out)
+
+    def chat_messages(self, *, image_url: str | None = None) -> list[dict[str, Any]]:
+        """The prompt as OpenAI-style chat messages (VL family), for chat-API engines.
+
+        With the standard Qwen2.5-VL chat template these messages render to :attr:`text`: the user
+        content is split around the image so that the image part sits exactly at ``<image>``.
+
+        Args:
+            image_url: the image as an URL (usually a ``data:`` URL); required when the prompt has an image.
+        """
+        if self.family is not ModelFamily.VL:
+            raise InvalidInputError("the text family is prompted with one raw string, not chat messages")
+        if self.has_image and image_url is None:
+            raise InvalidInputError("this prompt has an image: pass image_url")
+        before, sep, after = self.user_text.partition(IMAGE_MARKER) if self.has_image else ("", "", "")
+        content: list[dict[str, Any]]
+        if sep:
+            content = [
+                {"type": "text", "text": before},
+                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "text", "text": after},
+            ]
+        else:
+            content = [{"type": "text", "text": self.user_text}]
+        return [
+            {"role": "system", "content": VL_INSTRUCTION},
+            {"role": "user", "content": content},
+        ]
+
+
+def _check_text(name: str, value: str | None) -> None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a string or None, got {type(value).__name__}")
+
+
+def vl_user_text(prompt: str | None, response: str | None, *, has_image: bool) -> str:
+    """The VL user turn exactly as in the authors' data (reference section 2 table)."""
+    _check_text("text", prompt)
+    _check_text("response", response)
+    if prompt is None and not has_image:
+        raise InvalidInputError("give at least one of text and image")
+    resp = NO_RESPONSE if response is None else response
+    if has_image and prompt is None:
+        return f"Human user:\n{IMAGE_MARKER}\n\nAI assistant:\n{resp}\n"
+    if has_image:
+        return f"Human user:\n{IMAGE_MARKER}\n{prompt}\n\nAI assistant:\n{resp}\n"
+    return f"Human user:\n{prompt}\n\nAI assistant:\n{resp}\n"
+
+
+def render_vl_prompt(prompt: str | None, *, response: str | None = None, has_image: bool = False) -> RenderedPrompt:
+    """Render the VL family's chat prompt.
+
+    Example:
+        >>> p = render_vl_prompt("How do I bake bread?")
+        >>> p.text.endswith("AI assistant:\\nNone\\n<|im_end|>\\n<|im_start|>assistant\\n")
+        True
+    """
+    user = vl_user_text(prompt, response, has_image=has_image)
+    head: list[PromptPart] = [
+        PromptPart("special", IM_START),
+        PromptPart("text", "system\n" + VL_INSTRUCTION),
+        PromptPart("special", IM_END),
+        PromptPart("text", "\n"),
+        PromptPart("special", IM_START),
+    ]
+    if has_image:
+        # Split on the template's own marker (the first one, which we wrote), never on one in caller text.
+        before = "Human user:\n"
+        after = user[len(before) + len(IMAGE_MARKER) :]
+        body = [PromptPart("text", "user\n" + before), PromptPart("image"), PromptPart("text", after)]
+    else:
+        body = [PromptPart("text", "user\n" + user)]
+    tail = [
+        PromptPart("special", IM_END),
+        PromptPart("text", "\n"),
+        PromptPart("special", IM_START),
+        PromptPart("text", "assistant\n"),
+    ]
+    return RenderedPrompt(ModelFamily.VL, tuple(head + body + tail), user)
+
+
+def text_input(prompt: str | None, response: str | None) -> str:
+    """The text family's ``input`` field: ``"Human user:\\n{prompt}\\n\\nAI assistant:\\n{response}\\n\\n"``."""
+    _check_text("text", prompt)
+    _check_text("response", response)
+    if prompt is None:
+        raise InvalidInputError("the text family (GuardReasoner 1B/3B/8B) needs text; it cannot read images")
+    resp = NO_RESPONSE if response is None else response
+    return f"Human user:\n{prompt}\n\nAI assistant:\n{resp}\n\n"
+
+
+def render_text_prompt(prompt: str | None, *, response: str | None = None) -> RenderedPrompt:
+    """Render the text family's raw prompt: ``instruction + "\\n" + input``.
+
+    Example:
+        >>> render_text_prompt("hi").text.startswith("You are a classifier")
+        True
+    """
+    user = text_input(prompt, response)
+    return RenderedPrompt(ModelFamily.TEXT, (PromptPart("text", TEXT_INSTRUCTION + "\n" + user),), user)
+
+
+def render_prompt(
+    family: ModelFamily, prompt: str | None, *, response: str | None = None, has_image: bool = False
+) -> RenderedPrompt:
+    """Render the prompt of ``family`` for a request, an optional image and an optional response."""
+    if family is ModelFamily.VL:
+        return render_vl_prompt(prompt, response=response, has_image=has_image)
+    if has_image:
+        raise InvalidInputError(
+            "the text family (GuardReasoner 1B/3B/8B) cannot read images; use a GuardReasoner-VL model"
+        )
+    return render_text_prompt(prompt, response=response)
+
+
+_VL_ID = re.compile(r"guardreasoner[-_]?vl", re.IGNORECASE)
+_TEXT_ID = re.compile(r"guardreasoner[-_]?(1b|3b|8b)\b", re.IGNORECASE)
+_VL_MODEL_TYPES = {"qwen2_5_vl", "qwen2_vl", "qwen3_vl"}
+_TEXT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2"}
+
+
+def detect_family(model: str | Path, *, model_type: str | None = None) -> ModelFamily:
+    """Pick the family from the model id, else from the checkpoint's ``config.json`` ``model_type``.
+
+    Args:
+        model: a Hub id or a checkpoint directory.
+        model_type: the config's ``model_type`` when already known (skips reading ``config.json``).
+
+    Raises:
+        InvalidInputError: when neither the id nor the config tells; pass ``family=`` to force one.
+
+    Example:
+        >>> detect_family("yueliu1999/GuardReasoner-VL-Eco-7B").value
+        'vl'
+        >>> detect_family("yueliu1999/GuardReasoner-8B").value
+        'text'
+    """
+    name = str(model)
+    if _VL_ID.search(name):
+        return ModelFamily.VL
+    if _TEXT_ID.search(name):
+        return ModelFamily.TEXT
+    if model_type is None:
+        cfg = Path(name) / "config.json"
+        if cfg.is_file():
+            try:
+                model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
+            except (OSError, ValueError) as exc:
+                raise InvalidInputError(f"cannot read {cfg}: {exc}") from exc
+    if model_type in _VL_MODEL_TYPES:
+        return ModelFamily.VL
+    if model_type in _TEXT_MODEL_TYPES:
+        return ModelFamily.TEXT
+    raise InvalidInputError(
+        f"cannot tell the model family of {name!r} (model_type={model_type!r}); pass family='vl' or family='text'"
+    )

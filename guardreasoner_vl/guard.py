@@ -114,6 +114,11 @@ class Guard:
                     options.setdefault("dtype", dtype)
                     options.setdefault("min_pixels", self.limits.min_pixels)
                     options.setdefault("max_pixels", self.limits.max_pixels)
+                elif name == "vllm":  # same image bounds as the input limits; dtype when given
+                    if dtype is not None:
+                        options.setdefault("dtype", dtype)
+                    options.setdefault("min_pixels", self.limits.min_pixels)
+                    options.setdefault("max_pixels", self.limits.max_pixels)
                 options.setdefault("batch_size", batch_size)
                 self.backend = cls(model, family=forced, **options)
                 self.model_id = str(model)
@@ -122,7 +127,8 @@ class Guard:
             if not callable(getattr(backend, "generate", None)):
                 raise InvalidInputError(f"backend must be a name or a Backend, got {type(backend).__name__}")
             self.backend = backend
-            self.model_id = str(getattr(backend, "model_id", None) or model)
+            default_id = str(model) if model != DEFAULT_MODEL else backend.name
+            self.model_id = str(getattr(backend, "model_id", None) or default_id)
             self.family = forced or getattr(backend, "family", None) or detect_family(model)
         self.params = SamplingParams(
             max_new_tokens=max_new_tokens or self.family.default_max_new_tokens,
@@ -150,6 +156,9 @@ class Guard:
             )
         prepared = prepare_image(image, limits=self.limits) if image is not None else None
         prompt = render_prompt(self.family, text, response=response, has_image=prepared is not None)
+        check_prompt = getattr(self.backend, "check_prompt", None)  # engine-specific refusals (remote engine)
+        if check_prompt is not None:
+            check_prompt(prompt)
         return PreparedItem(GenerationRequest(prompt=prompt, image=prepared), has_response=response is not None)
 
     def _prepare_item(self, item: ItemLike) -> PreparedItem:
@@ -353,6 +362,16 @@ class Guard:
         if "limits" in changes:
             clone.limits = changes["limits"]
         return clone
+
+    def as_runnable(self, model: Any = None, **options: Any) -> Any:
+        """A LangChain runnable that guards ``model`` (or gates a pipeline when ``model`` is None).
+
+        Needs the ``[langchain]`` extra. Options and behaviour:
+        :class:`guardreasoner_vl.integrations.langchain.GuardRunnable`.
+        """
+        from guardreasoner_vl.integrations.langchain import GuardRunnable
+
+        return GuardRunnable(self, model, **options)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 

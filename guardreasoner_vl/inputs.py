@@ -274,9 +274,10 @@ def _from_array(array: Any, limits: InputLimits) -> Image.Image:
     if len(shape) == 3 and shape[2] == 1:
         array = array[:, :, 0]
     try:
-        return Image.fromarray(array)
+        image = Image.fromarray(array)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"numpy image could not be converted: {exc}") from exc
+    return _to_rgb(image)
 
 
 def load_image(source: Any, *, limits: InputLimits = DEFAULT_LIMITS) -> Image.Image:

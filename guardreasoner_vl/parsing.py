@@ -5,10 +5,12 @@ It reads both output styles (reference section 4):
 * VL models: ``<think> ... </think> <result> Request: harmful  Response: unharmful </result>``
 * text models: reasoning, then ``Answers: \\nRequest: harmful\\nCompletion: refusal\\nResponse: unharmful``
 
-Where it looks, in order: the last ``<result>`` block (an unclosed one at the end counts), then what follows
-the last ``Answers:``, then the whole output. The first of these regions that holds a ``Request:`` verdict
-is used, and inside it the *last* match of each key wins, because the reasoning before the answer can
-itself say "Request: harmful". Matching is case-insensitive; ``none`` and ``harmless`` mean unharmful.
+Where it looks, for each key (``Request:``, ``Response:``, ``Completion:``) on its own: the last
+``<result>`` block (an unclosed one at the end counts), then what follows the last ``Answers:`` (or an
+``# Answers`` heading line), then the whole output. The first of these regions that holds the key is used,
+and inside it the *last* match wins, because the reasoning before the answer can itself say
+"Request: harmful". (Real 1B outputs sometimes write one ``Answers:`` block per task, so the keys of one
+answer can sit in different blocks.) Matching is case-insensitive; ``none`` and ``harmless`` mean unharmful.
 Output without the verdicts that were asked for is a parse failure with a reason, never "safe".
 """
 
@@ -26,7 +28,8 @@ Source = Literal["result", "answers", "anywhere"]
 
 _RESULT_BLOCK = re.compile(r"<result>(.*?)(?:</result>|\Z)", re.IGNORECASE | re.DOTALL)
 _THINK_BLOCK = re.compile(r"<think>(.*?)(?:</think>|(?=<result>)|\Z)", re.IGNORECASE | re.DOTALL)
-_ANSWERS = re.compile(r"answers?\s*:", re.IGNORECASE)
+# "Answers:" (the trained layout) or a heading such as "# Answers" on a line of its own.
+_ANSWERS = re.compile(r"^[ \t#*_]*answers?[ \t*_]*(?::|$)", re.IGNORECASE | re.MULTILINE)
 _KEY_PREFIX = r"(?<![a-z])"  # "Request:" but not "subrequest:"
 _DECOR = r"[\s*_`#]*"  # markdown decoration such as **Request:** harmful
 _HARM_LABELS = r"(unharmful|harmful|harmless|none)"
@@ -126,17 +129,18 @@ def parse_output(text: str, *, expect_response: bool = False, expect_refusal: bo
     if not text.strip():
         return ParsedOutput(None, None, None, False, "", None, "the output is empty")
 
-    source: Source | None = None
-    region_text, region_start = text, len(text)
-    request = response = completion = None
-    for name, body, start in _regions(text):
-        request = _last(_REQUEST, body)
-        if request is not None:
-            source, region_text, region_start = name, body, start
-            break
-    if request is not None:
-        response = _last(_RESPONSE, region_text)
-        completion = _last(_COMPLETION, region_text)
+    regions = _regions(text)
+
+    def find(pattern: re.Pattern[str]) -> tuple[str | None, Source | None, int]:
+        for name, body, start in regions:
+            label = _last(pattern, body)
+            if label is not None:
+                return label, name, start
+        return None, None, len(text)
+
+    request, source, region_start = find(_REQUEST)
+    response, _, _ = find(_RESPONSE)
+    completion, _, _ = find(_COMPLETION)
 
     errors = []
     if request is None:
@@ -150,7 +154,7 @@ def parse_output(text: str, *, expect_response: bool = False, expect_refusal: bo
         response=_HARM.get(response) if response else None,
         refusal=_REFUSAL.get(completion) if completion else None,
         response_said_none=response == "none",
-        reasoning=_reasoning(text, region_start if source else len(text)),
+        reasoning=_reasoning(text, region_start),
         source=source,
         error="; ".join(errors) or None,
     )

@@ -292,6 +292,7 @@ def build_tiny_vl_model(
             "num_key_value_heads": 1,
             "max_position_embeddings": 32768,
             "rms_norm_eps": 1e-6,
+            "initializer_range": 0.5,  # large random weights: varied outputs, so tests can tell inputs apart
             "rope_theta": 1000000.0,
             "rope_scaling": {
                 "type": "mrope",
@@ -318,6 +319,7 @@ def build_tiny_vl_model(
                 "fullatt_block_indexes": [1],
                 "in_chans": 3,
                 "tokens_per_second": 2,
+                "initializer_range": 0.5,
             },
         }
     )
@@ -406,6 +408,7 @@ def build_tiny_text_model(
         num_key_value_heads=1,
         max_position_embeddings=8192,
         rms_norm_eps=1e-5,
+        initializer_range=0.5,  # large random weights: varied outputs, so tests can tell inputs apart
         tie_word_embeddings=True,
         bos_token_id=bos,
         eos_token_id=eos,

@@ -78,7 +78,10 @@ class Backend(Protocol):
     Implementations: :class:`~guardreasoner_vl.backends.fake.FakeBackend` and ``FunctionBackend`` (tests),
     ``TransformersBackend``, ``VLLMBackend``, ``RemoteBackend``. An engine may add
     ``async def agenerate(requests, params)``; :class:`~guardreasoner_vl.Guard` uses it when present and
-    otherwise runs :meth:`generate` in a worker thread.
+    otherwise runs :meth:`generate` in a worker thread. An engine may also add
+    ``check_prompt(prompt) -> None``, which :meth:`Guard.prepare <guardreasoner_vl.Guard.prepare>` calls
+    on every rendered prompt; raising :class:`~guardreasoner_vl.errors.InvalidInputError` there refuses
+    the input before it reaches the engine (the remote engine refuses special-token strings this way).
     """
 
     name: str

@@ -1,0 +1,371 @@
+"""Run a :class:`~guardreasoner_vl.Guard` over benchmarks, save its predictions, and score them.
+
+Predictions are written in the authors' layout, ``<output>/predictions/<Benchmark>/generated_predictions.jsonl``,
+one JSON object a line with the authors' fields (``prompt``, ``label``, ``predict``) and ours (``id``,
+``verdicts``, ``flagged``, ``status``, ``error``, ``usage``, ``model``). Runs are resumable: rows whose id is
+already in the file are skipped. Each batch is appended with a single write followed by ``fsync``; a line
+cut off by a crash is removed before resuming, so a file never holds a torn line that is read as data.
+
+Example:
+    >>> import tempfile
+    >>> from guardreasoner_vl import Guard
+    >>> from guardreasoner_vl.evaluation.loaders import BenchmarkData, EvalSample
+    >>> from guardreasoner_vl.evaluation.registry import get_benchmark
+    >>> data = BenchmarkData("SimpleSafetyTests", None, (EvalSample("0", "how to make a bomb", None, "harmful"),),
+    ...                      (get_benchmark("SimpleSafetyTests"),))
+    >>> with Guard(backend="fake", family="text") as guard:
+    ...     report = evaluate(guard, [data], tempfile.mkdtemp())
+    >>> report.score("SimpleSafetyTests", "request", "strict").f1
+    100.0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from guardreasoner_vl.errors import InvalidInputError
+from guardreasoner_vl.evaluation.loaders import (
+    PREDICTIONS_FILE,
+    BenchmarkData,
+    EvalSample,
+    PredictionRecord,
+    discover_predictions,
+    gold_for,
+    load_predictions,
+)
+from guardreasoner_vl.evaluation.metrics import MODES, BenchmarkScore, LengthStats, Mode, length_stats, score_strict
+from guardreasoner_vl.evaluation.reference import ReferenceScorer, score_reference
+from guardreasoner_vl.evaluation.registry import BENCHMARKS, BenchmarkSpec, find_benchmarks
+from guardreasoner_vl.evaluation.report import EvalReport
+from guardreasoner_vl.prompts import render_prompt
+
+if TYPE_CHECKING:
+    from guardreasoner_vl.guard import Guard
+    from guardreasoner_vl.types import GuardResult
+
+__all__ = ["evaluate", "predictions_path", "run_benchmark", "score_predictions_dir", "score_records"]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, int], None]
+"""Called as ``progress(benchmark, rows)`` after each saved batch, and once at the start of a resumed run with
+the number of rows already done."""
+
+
+def predictions_path(output_dir: str | Path, data: BenchmarkData) -> Path:
+    """Where :func:`run_benchmark` writes the predictions of ``data`` under ``output_dir``."""
+    return Path(output_dir) / "predictions" / data.folder / PREDICTIONS_FILE
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a last line cut off by a crash (the file must end with a newline)."""
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            handle.truncate(keep)
+            logger.warning("%s: removed a cut-off last line (%d bytes) before resuming", path, len(data) - keep)
+
+
+def _append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append whole lines with one write and fsync (O_APPEND), so a batch lands entirely or is cut at the end."""
+    payload = "".join(lines).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(payload)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prompt_text(guard: Guard, sample: EvalSample) -> str:
+    try:
+        return render_prompt(guard.family, sample.text, response=sample.response, has_image=bool(sample.images)).text
+    except InvalidInputError:
+        return ""
+
+
+def _row(guard: Guard, data: BenchmarkData, sample: EvalSample, result: GuardResult) -> str:
+    row: dict[str, Any] = {
+        "prompt": _prompt_text(guard, sample),
+        "label": sample.label,
+        "predict": result.raw_output,
+        "id": sample.id,
+        "benchmark": data.name,
+        "images": [str(p) for p in sample.images],
+        "verdicts": {
+            "request": result.request.value if result.request else None,
+            "response": result.response.value if result.response else None,
+            "refusal": result.refusal.value if result.refusal else None,
+        },
+        "flagged": result.flagged,
+        "status": result.status,
+        "error": result.error,
+        "usage": result.usage.model_dump(),
+        "model": result.model or guard.model_id,
+    }
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def _chunks(items: Sequence[EvalSample], size: int) -> Iterable[Sequence[EvalSample]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_benchmark(
+    guard: Guard,
+    data: BenchmarkData,
+    path: str | Path,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    resume: bool = True,
+    progress: ProgressCallback | None = None,
+) -> list[PredictionRecord]:
+    """Run ``guard`` on the samples of ``data`` and append its predictions to ``path``.
+
+    Args:
+        guard: any :class:`~guardreasoner_vl.Guard` (any backend).
+        data: the benchmark (see :func:`~guardreasoner_vl.evaluation.loaders.load_benchmark`).
+        path: the predictions JSONL to write.
+        limit: only the first ``limit`` samples.
+        batch_size: samples per :meth:`~guardreasoner_vl.Guard.moderate_batch` call (and per saved batch).
+        resume: keep the rows already in ``path`` and skip their samples; False starts the file over.
+        progress: called after each saved batch (see :data:`ProgressCallback`).
+
+    Returns:
+        The predictions of the chosen samples, in sample order (earlier runs' rows included).
+
+    Raises:
+        InvalidInputError: bad options, a text-only model given image samples, or a file written by
+            another model or from other data (start over with ``resume=False``).
+    """
+    if batch_size < 1:
+        raise InvalidInputError("batch_size must be at least 1")
+    if limit is not None and limit < 1:
+        raise InvalidInputError("limit must be at least 1")
+    samples = list(data.samples[:limit] if limit else data.samples)
+    if any(s.images for s in samples) and not guard.family.supports_images:
+        raise InvalidInputError(
+            f"{data.name} has image samples but {guard.model_id} is a text-only model; use a GuardReasoner-VL model"
+        )
+    if guard.on_parse_error == "raise":
+        guard = guard.with_options(on_parse_error="flag")  # keep going: failures are scored, not raised
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[str, PredictionRecord] = {}
+    if path.exists() and resume:
+        _repair_tail(path)
+        wanted = {s.id: s for s in samples}
+        for record in load_predictions(path):
+            model = record.extra.get("model")
+            if model is not None and model != guard.model_id:
+                raise InvalidInputError(
+                    f"{path} holds predictions of {model!r}, not {guard.model_id!r}; use another output folder "
+                    "or start over (resume=False / --overwrite)"
+                )
+            if record.id is None:
+                raise InvalidInputError(f"{path} line {record.line} has no id; it cannot be resumed (start over)")
+            sample = wanted.get(record.id)
+            if sample is not None and record.label != sample.label:
+                raise InvalidInputError(
+                    f"{path} line {record.line}: sample {record.id!r} has another gold label than the benchmark "
+                    "file; it was written from other data (start over)"
+                )
+            done[record.id] = record
+        if done:
+            logger.info("%s: resuming, %d of %d samples already done", path, len(done), len(samples))
+    elif path.exists():
+        path.unlink()
+    pending = [s for s in samples if s.id not in done]
+    if progress is not None and len(pending) < len(samples):
+        progress(data.name, len(samples) - len(pending))
+    for chunk in _chunks(pending, batch_size):
+        results = guard.moderate_batch([s.item() for s in chunk])
+        _append_lines(path, [_row(guard, data, s, r) for s, r in zip(chunk, results, strict=True)])
+        if progress is not None:
+            progress(data.name, len(chunk))
+    by_id = {r.id: r for r in load_predictions(path)}
+    return [by_id[s.id] for s in samples if s.id in by_id]
+
+
+def _order(spec: BenchmarkSpec) -> int:
+    try:
+        return BENCHMARKS.index(spec)
+    except ValueError:
+        return len(BENCHMARKS)
+
+
+def score_records(
+    records: Sequence[PredictionRecord],
+    spec: BenchmarkSpec,
+    *,
+    modes: Iterable[Mode] = MODES,
+    reference_scorer: ReferenceScorer | Literal["auto"] = "auto",
+    source: str | None = None,
+) -> list[BenchmarkScore]:
+    """Score one predictions file for one benchmark/task in each requested mode."""
+    out = []
+    for mode in modes:
+        if mode == "strict":
+            out.append(score_strict(records, spec, source=source))
+        elif mode == "reference":
+            out.append(score_reference(records, spec, scorer=reference_scorer, source=source))
+        else:
+            raise InvalidInputError(f"unknown scoring mode {mode!r}; choose from {', '.join(MODES)}")
+    return out
+
+
+def _build_report(
+    entries: Sequence[tuple[BenchmarkSpec, Sequence[PredictionRecord], str]],
+    *,
+    name: str,
+    modes: Sequence[Mode],
+    reference_scorer: ReferenceScorer | Literal["auto"],
+    meta: dict[str, Any],
+    unknown: Sequence[str] = (),
+) -> EvalReport:
+    scores: list[BenchmarkScore] = []
+    lengths: dict[str, LengthStats] = {}
+    notes: list[str] = []
+    for spec, records, source in sorted(entries, key=lambda e: _order(e[0])):
+        if not records:
+            notes.append(f"{spec.key}: no predictions in {source}; not scored")
+            continue
+        if all(gold_for(r.label, spec) is None for r in records):
+            notes.append(f"{spec.key}: no row has a gold label for this task; not scored")
+            continue
+        scores.extend(score_records(records, spec, modes=modes, reference_scorer=reference_scorer, source=source))
+        stats = length_stats(records)
+        if stats is not None:
+            lengths.setdefault(spec.name, stats)
+    meta = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "modes": list(modes),
+        "reference_scorer": reference_scorer,
+        **meta,
+    }
+    for note in notes:
+        logger.warning(note)
+    return EvalReport.build(
+        name=name, scores=scores, lengths=lengths, meta=meta, unknown=tuple(unknown), notes=tuple(notes)
+    )
+
+
+def _check_modes(modes: Iterable[Mode]) -> list[Mode]:
+    modes = list(modes)
+    if not modes or any(m not in MODES for m in modes):
+        raise InvalidInputError(f"modes must be a non-empty selection of {', '.join(MODES)}, got {modes!r}")
+    return modes
+
+
+def evaluate(
+    guard: Guard,
+    benchmarks: Sequence[BenchmarkData],
+    output_dir: str | Path,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    resume: bool = True,
+    modes: Iterable[Mode] = MODES,
+    reference_scorer: ReferenceScorer | Literal["auto"] = "auto",
+    progress: ProgressCallback | None = None,
+    name: str | None = None,
+) -> EvalReport:
+    """Run ``guard`` on each benchmark (saving predictions under ``output_dir``) and score the predictions.
+
+    Args:
+        guard: the guard to evaluate.
+        benchmarks: loaded benchmarks (:func:`~guardreasoner_vl.evaluation.loaders.load_benchmark`).
+        output_dir: the run folder; predictions go to ``predictions/<Benchmark>/generated_predictions.jsonl``.
+        limit: only the first ``limit`` samples of each benchmark.
+        batch_size: samples per batch.
+        resume: skip samples already predicted in ``output_dir``.
+        modes: scoring modes (``strict``, ``reference``).
+        reference_scorer: which authors' scorer reference mode emulates (``auto`` picks by prompt).
+        progress: called after each saved batch.
+        name: the run's name in reports (default: the model id).
+
+    Returns:
+        The :class:`~guardreasoner_vl.evaluation.report.EvalReport` (write it with
+        :func:`~guardreasoner_vl.evaluation.report.write_report`).
+    """
+    modes = _check_modes(modes)
+    if not benchmarks:
+        raise InvalidInputError("give at least one benchmark")
+    folders = [b.folder for b in benchmarks]
+    if len(set(folders)) != len(folders):
+        raise InvalidInputError(f"two benchmarks share a predictions folder: {sorted(folders)}")
+    entries: list[tuple[BenchmarkSpec, Sequence[PredictionRecord], str]] = []
+    for data in benchmarks:
+        path = predictions_path(output_dir, data)
+        records = run_benchmark(guard, data, path, limit=limit, batch_size=batch_size, resume=resume, progress=progress)
+        entries.extend((spec, records, str(path)) for spec in data.specs)
+    meta = {
+        "model": guard.model_id,
+        "family": guard.family.value,
+        "backend": guard.backend.name,
+        "limit": limit,
+        "max_new_tokens": guard.params.max_new_tokens,
+    }
+    return _build_report(
+        entries, name=name or guard.model_id, modes=modes, reference_scorer=reference_scorer, meta=meta
+    )
+
+
+def score_predictions_dir(
+    root: str | Path,
+    *,
+    modes: Iterable[Mode] = MODES,
+    reference_scorer: ReferenceScorer | Literal["auto"] = "auto",
+    only: Iterable[str] | None = None,
+    name: str | None = None,
+) -> EvalReport:
+    """Score a folder of ``<Benchmark>/generated_predictions.jsonl`` files (no model needed).
+
+    Folder names are matched to the registry, the authors' ``XSTestReponseHarmful`` included; folders that
+    match nothing are listed in the report (``unknown``) and not scored.
+
+    Args:
+        root: the folder (or a run folder holding ``predictions/``).
+        modes: scoring modes.
+        reference_scorer: ``text``, ``vl`` or ``auto``.
+        only: score only these benchmarks (names or aliases).
+        name: the run's name in reports (default: the folder name).
+    """
+    modes = _check_modes(modes)
+    root = Path(root)
+    files, unknown = discover_predictions(root)
+    if only is not None:
+        wanted = {spec.key for n in only for spec in _known(n)}
+        files = [f for f in files if any(s.key in wanted for s in f.specs)]
+        if not files:
+            raise InvalidInputError(f"none of {sorted(only)} has predictions under {root}")
+    entries: list[tuple[BenchmarkSpec, Sequence[PredictionRecord], str]] = []
+    for found in files:
+        records = load_predictions(found.path)
+        entries.extend((spec, records, str(found.path)) for spec in found.specs)
+    return _build_report(
+        entries,
+        name=name or root.resolve().name,
+        modes=modes,
+        reference_scorer=reference_scorer,
+        meta={"predictions": str(root)},
+        unknown=unknown,
+    )
+
+
+def _known(name: str) -> list[BenchmarkSpec]:
+    specs = find_benchmarks(name)
+    if not specs:
+        raise InvalidInputError(f"unknown benchmark {name!r}")
+    return specs

@@ -1,0 +1,376 @@
+"""What the integrations share: content parsing, guard calls with one error policy, and a sync/async driver.
+
+Nothing here imports a framework. The integrations write their logic once, as a *plan*: a generator that
+yields effects (:class:`Judge` some inputs, :class:`Invoke` a runnable, :class:`Call` a function,
+:class:`Drain` a stream) and receives their results. :func:`run_sync` and :func:`run_async` execute the
+same plan with ``guard.moderate_batch`` / ``guard.amoderate_batch`` and plain / awaited calls, so the sync
+and async paths cannot drift apart.
+
+Images in message content are only ever taken from ``data:`` URLs, inline base64 or ``http(s)`` URLs (the
+latter fetched only when the guard's :class:`~guardreasoner_vl.inputs.InputLimits` allow URLs). A string
+that is neither is refused: text that arrives in a chat message must never make the guard read a local file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from guardreasoner_vl.errors import BackendError, GuardError, InvalidInputError, ParseError
+from guardreasoner_vl.types import GuardResult, Verdict
+
+if TYPE_CHECKING:
+    from guardreasoner_vl.guard import Guard
+
+__all__ = [
+    "DEFAULT_VIOLATION_MESSAGE",
+    "Call",
+    "Check",
+    "Drain",
+    "Extracted",
+    "GuardErrorPolicy",
+    "Invoke",
+    "Judge",
+    "Stage",
+    "blocks",
+    "format_violation",
+    "image_from_url",
+    "openai_content_parts",
+    "run_async",
+    "run_sync",
+]
+
+logger = logging.getLogger("guardreasoner_vl.integrations")
+
+Stage = Literal["input", "output", "tool"]
+"""Where content was checked: the user's request, the model's reply, or a tool's result."""
+
+GuardErrorPolicy = Literal["block", "raise"]
+"""When the guard cannot judge (bad image, unsupported content, engine failure, ``ParseError``):
+``block`` treats the content as flagged (fail closed, the default), ``raise`` lets the error through."""
+
+DEFAULT_VIOLATION_MESSAGE = "I'm sorry, but I can't help with that. The {stage} was flagged by the safety guard."
+"""Default refusal text; ``{stage}`` becomes ``request``, ``response`` or ``tool result``."""
+
+_STAGE_NOUN: dict[str, str] = {"input": "request", "output": "response", "tool": "tool result"}
+
+T = TypeVar("T")
+
+
+# -- content ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """Text and images pulled out of one message (images as ``data:`` / ``http(s)`` URL strings)."""
+
+    text: str | None
+    images: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return self.text is None and not self.images
+
+    @property
+    def image(self) -> str | list[str] | None:
+        """The images in the shape :meth:`Guard.moderate` takes (one, a list merged side by side, or None)."""
+        if not self.images:
+            return None
+        return self.images[0] if len(self.images) == 1 else list(self.images)
+
+
+def image_from_url(url: object) -> str:
+    """Accept an image reference found in message content: a ``data:`` URL or an ``http(s)`` URL.
+
+    Raises:
+        InvalidInputError: anything else (a local path, another scheme, not a string).
+    """
+    if not isinstance(url, str) or not url:
+        raise InvalidInputError(f"an image URL must be a non-empty string, got {type(url).__name__}")
+    head = url[:16].lower()
+    if head.startswith("data:") or head.startswith(("http://", "https://")):
+        return url
+    raise InvalidInputError(
+        f"unsupported image URL {url[:40]!r}: message images must be data: URLs, inline base64 or http(s) URLs "
+        "(local paths in message content are never read)"
+    )
+
+
+def image_from_base64(data: object, mime_type: object = None) -> str:
+    """Wrap inline base64 image data in a ``data:`` URL (the guard decodes and sniffs the format)."""
+    if not isinstance(data, str) or not data:
+        raise InvalidInputError("an inline base64 image must be a non-empty string")
+    mime = mime_type if isinstance(mime_type, str) and mime_type.startswith("image/") else "image/png"
+    return f"data:{mime};base64,{data}"
+
+
+def _image_url_value(value: object) -> object:
+    """``image_url`` is ``{"url": ...}`` in chat completions and a bare string in some clients."""
+    if isinstance(value, Mapping):
+        return value.get("url")
+    return value
+
+
+def openai_content_parts(content: object, *, role: str = "user") -> Extracted:
+    """Read OpenAI-style message content: a string, or a list of parts.
+
+    Parts understood: ``text`` / ``input_text`` / ``output_text`` (text), ``refusal`` (text),
+    ``image_url`` (``{"url": ...}`` or a string) / ``input_image`` (``image_url`` string). Text parts are
+    joined with newlines. ``None`` or empty content gives an empty :class:`Extracted`.
+
+    Raises:
+        InvalidInputError: a part the guard cannot judge (audio, files, ...): never silently dropped.
+    """
+    if content is None:
+        return Extracted(None)
+    if isinstance(content, str):
+        return Extracted(content if content.strip() else None)
+    if isinstance(content, Mapping) or not isinstance(content, Iterable):
+        raise InvalidInputError(
+            f"{role} message content must be a string or a list of parts, got {type(content).__name__}"
+        )
+    texts: list[str] = []
+    images: list[str] = []
+    for part in content:
+        if hasattr(part, "model_dump"):
+            part = part.model_dump(exclude_none=True)
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, Mapping):
+            raise InvalidInputError(f"a content part must be a dict, got {type(part).__name__}")
+        kind = part.get("type")
+        if kind in ("text", "input_text", "output_text"):
+            texts.append(str(part.get("text") or ""))
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal") or ""))
+        elif kind in ("image_url", "input_image"):
+            images.append(image_from_url(_image_url_value(part.get("image_url"))))
+        else:
+            raise InvalidInputError(
+                f"content part of type {kind!r} in a {role} message cannot be judged by the guard; "
+                "supported parts: text, image_url (data: or http(s) URLs)"
+            )
+    return _join(texts, images)
+
+
+def _join(texts: Sequence[str], images: Sequence[str]) -> Extracted:
+    text = "\n".join(t for t in texts if t)
+    return Extracted(text if text.strip() else None, tuple(images))
+
+
+def render_tool_calls(calls: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per tool call, ``[tool call] name(arguments)``, so the guard judges what the model wants to do."""
+    lines = []
+    for call in calls:
+        name = call.get("name") or ""
+        args = call.get("args", call.get("arguments", ""))
+        if not isinstance(args, str):
+            args = json.dumps(args, ensure_ascii=False, sort_keys=True, default=str)
+        lines.append(f"[tool call] {name}({args})")
+    return lines
+
+
+# -- effects and drivers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One thing to judge: request text/images and optionally the response; or an error found while reading it."""
+
+    text: str | None = None
+    image: Any = None
+    response: str | None = None
+    error: GuardError | None = None
+
+    @classmethod
+    def of(cls, request: Extracted, *, response: str | None = None) -> Check:
+        return cls(text=request.text, image=request.image, response=response)
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """Effect: judge these checks; the plan receives one :class:`GuardResult` per check, in order."""
+
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Effect: call ``sync(*args, **kwargs)`` (sync driver) or await ``async_(*args, **kwargs)`` (async driver)."""
+
+    sync: Callable[..., Any]
+    async_: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """Effect: ``runnable.invoke(input, config, **kwargs)`` or ``await runnable.ainvoke(...)``."""
+
+    runnable: Any
+    input: Any
+    config: Any = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Effect: read a stream to its end (``list(stream)`` or ``[c async for c in stream]``)."""
+
+    stream: Any
+
+
+Effect = Judge | Call | Invoke | Drain
+Plan = Generator[Effect, Any, T]
+
+
+def _error_result(guard: Guard, exc: GuardError) -> GuardResult:
+    return GuardResult(
+        flagged=True,
+        status="invalid_input" if isinstance(exc, InvalidInputError) else "engine_error",
+        error=f"{type(exc).__name__}: {exc}",
+        model=guard.model_id,
+    )
+
+
+def _split(checks: Sequence[Check], guard: Guard, policy: GuardErrorPolicy) -> tuple[list[Any], list[int]]:
+    items: list[Any] = []
+    positions: list[int] = []
+    for index, check in enumerate(checks):
+        if check.error is not None:
+            if policy == "raise":
+                raise check.error
+            continue
+        items.append({"text": check.text, "image": check.image, "response": check.response})
+        positions.append(index)
+    return items, positions
+
+
+def _merge(
+    guard: Guard,
+    checks: Sequence[Check],
+    positions: list[int],
+    judged: Sequence[GuardResult],
+    policy: GuardErrorPolicy,
+) -> list[GuardResult]:
+    out: list[GuardResult | None] = [None] * len(checks)
+    for index, check in enumerate(checks):
+        if check.error is not None:
+            out[index] = _error_result(guard, check.error)
+    for index, result in zip(positions, judged, strict=True):
+        if result.status in ("invalid_input", "engine_error"):
+            if policy == "raise":
+                raise (InvalidInputError if result.status == "invalid_input" else BackendError)(result.error or "")
+            logger.warning("guard could not judge (%s): %s; treating as flagged", result.status, result.error)
+        elif result.status == "parse_error":
+            logger.warning("guard output could not be parsed: %s", result.error)
+        out[index] = result
+    return [r for r in out if r is not None]
+
+
+def _judge_sync(guard: Guard, checks: Sequence[Check], policy: GuardErrorPolicy) -> list[GuardResult]:
+    items, positions = _split(checks, guard, policy)
+    judged: list[GuardResult] = []
+    if items:
+        try:
+            judged = guard.moderate_batch(items)
+        except ParseError as exc:
+            if policy == "raise" or exc.results is None:
+                raise
+            judged = exc.results
+        except GuardError as exc:
+            if policy == "raise":
+                raise
+            logger.warning("guard failed: %s; treating as flagged", exc)
+            judged = [_error_result(guard, exc) for _ in items]
+    return _merge(guard, checks, positions, judged, policy)
+
+
+async def _judge_async(guard: Guard, checks: Sequence[Check], policy: GuardErrorPolicy) -> list[GuardResult]:
+    items, positions = _split(checks, guard, policy)
+    judged: list[GuardResult] = []
+    if items:
+        try:
+            judged = await guard.amoderate_batch(items)
+        except ParseError as exc:
+            if policy == "raise" or exc.results is None:
+                raise
+            judged = exc.results
+        except GuardError as exc:
+            if policy == "raise":
+                raise
+            logger.warning("guard failed: %s; treating as flagged", exc)
+            judged = [_error_result(guard, exc) for _ in items]
+    return _merge(guard, checks, positions, judged, policy)
+
+
+def run_sync(plan: Plan[T], guard: Guard, policy: GuardErrorPolicy) -> T:
+    """Run a plan, executing its effects synchronously."""
+    value: Any = None
+    try:
+        while True:
+            effect = plan.send(value)
+            if isinstance(effect, Judge):
+                value = _judge_sync(guard, effect.checks, policy)
+            elif isinstance(effect, Invoke):
+                value = effect.runnable.invoke(effect.input, effect.config, **effect.kwargs)
+            elif isinstance(effect, Call):
+                value = effect.sync(*effect.args, **effect.kwargs)
+            else:
+                value = list(effect.stream)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def run_async(plan: Plan[T], guard: Guard, policy: GuardErrorPolicy) -> T:
+    """Run the same plan with awaited effects (``amoderate_batch``, ``ainvoke``, async clients)."""
+    value: Any = None
+    try:
+        while True:
+            effect = plan.send(value)
+            if isinstance(effect, Judge):
+                value = await _judge_async(guard, effect.checks, policy)
+            elif isinstance(effect, Invoke):
+                value = await effect.runnable.ainvoke(effect.input, effect.config, **effect.kwargs)
+            elif isinstance(effect, Call):
+                value = await effect.async_(*effect.args, **effect.kwargs)
+            else:
+                value = [chunk async for chunk in effect.stream]
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+# -- decisions ----------------------------------------------------------------------------------------
+
+
+def blocks(result: GuardResult, stage: Stage) -> bool:
+    """Whether ``result`` blocks content at ``stage``.
+
+    The request and tool stages block on ``flagged``. The output stage judges the reply in the context of
+    the request, so it blocks when the *response* is harmful, or when the guard could not judge and its
+    policy flags that (a harmful request answered by a harmless refusal is not blocked here: that is the
+    input stage's job).
+    """
+    if stage != "output" or not result.judged:
+        return result.flagged
+    return result.response is Verdict.HARMFUL
+
+
+def format_violation(template: str | None, stage: Stage) -> str:
+    """Fill ``{stage}`` in a refusal template; a template with other braces is used as is."""
+    text = template or DEFAULT_VIOLATION_MESSAGE
+    try:
+        return text.format(stage=_STAGE_NOUN[stage])
+    except (KeyError, IndexError, ValueError):
+        return text
+
+
+def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    """Raise :class:`InvalidInputError` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise InvalidInputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")

@@ -1,0 +1,193 @@
+"""A guardrail for LiteLLM's proxy, through its Generic Guardrail API (``litellm`` itself is not needed).
+
+LiteLLM's proxy calls ``POST /beta/litellm_basic_guardrail_api`` on a guardrail service with the text and
+images it extracted from a call, and acts on the answer. This module implements that contract:
+
+* request fields read: ``texts`` (list of strings), ``images`` (base64 data, ``data:`` URLs or ``http(s)``
+  URLs), ``input_type`` (``"request"`` or ``"response"``), ``structured_messages`` (the conversation in
+  OpenAI chat format, when LiteLLM sends it); other fields (``request_data``, ``tools``,
+  ``litellm_call_id``, ``additional_provider_specific_params`` ...) are accepted and ignored;
+* answer: ``{"action": "NONE"}`` or ``{"action": "BLOCKED", "blocked_reason": ...}``, plus our own field
+  ``guardreasoner`` with the full result. The guard never rewrites text, so it never answers
+  ``GUARDRAIL_INTERVENED``.
+
+What is judged: for ``input_type="request"``, the last user turn of ``structured_messages`` when present
+(text and images), else all ``texts`` joined; for ``"response"``, the joined ``texts`` as the response, in
+the context of the last user turn of ``structured_messages``. Without that context the response text is
+judged on its own, as a request (the only task the guard can run without the request).
+
+:func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``); configure LiteLLM
+with ``guardrail: generic_guardrail_api`` and ``api_base`` pointing at it. :func:`handle_guardrail_request`
+and :func:`ahandle_guardrail_request` are the framework-free handlers.
+
+This follows LiteLLM's documented (beta) contract; it is tested against that contract offline, not against
+a running LiteLLM proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from guardreasoner_vl.errors import InvalidInputError, require
+from guardreasoner_vl.integrations._common import (
+    Check,
+    Extracted,
+    GuardErrorPolicy,
+    Judge,
+    Plan,
+    Stage,
+    blocks,
+    format_violation,
+    image_from_base64,
+    image_from_url,
+    openai_content_parts,
+    run_async,
+    run_sync,
+)
+
+if TYPE_CHECKING:
+    from guardreasoner_vl.guard import Guard
+
+__all__ = ["GUARDRAIL_PATH", "ahandle_guardrail_request", "create_app", "handle_guardrail_request"]
+
+GUARDRAIL_PATH = "/beta/litellm_basic_guardrail_api"
+"""The path LiteLLM's Generic Guardrail API posts to."""
+
+
+def _images(values: Any) -> list[str]:
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise InvalidInputError("'images' must be a list of strings")
+    out = []
+    for value in values:
+        if isinstance(value, str) and value[:16].lower().startswith(("data:", "http://", "https://")):
+            out.append(image_from_url(value))
+        else:
+            out.append(image_from_base64(value))
+    return out
+
+
+def _texts(values: Any) -> str | None:
+    if values is None:
+        return None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidInputError("'texts' must be a list of strings")
+    text = "\n".join(v for v in values if v.strip())
+    return text or None
+
+
+def _user_turn(messages: Any) -> Extracted | None:
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            extracted = openai_content_parts(message.get("content"), role="user")
+            return None if extracted.empty else extracted
+    return None
+
+
+def _plan(payload: Mapping[str, Any]) -> Plan[tuple[Stage, Any]]:
+    if not isinstance(payload, Mapping):
+        raise InvalidInputError("the guardrail request must be a JSON object")
+    stage: Stage = "output" if payload.get("input_type") == "response" else "input"
+    try:
+        images = _images(payload.get("images"))
+        texts = _texts(payload.get("texts"))
+        turn = _user_turn(payload.get("structured_messages"))
+        if stage == "input":
+            text = turn.text if turn is not None else texts
+            found = images or list(turn.images if turn is not None else ())
+            request = Extracted(text, tuple(found))
+            check = None if request.empty else Check.of(request)
+        elif texts is None:
+            check = None
+        elif turn is not None:
+            check = Check.of(Extracted(turn.text, tuple(turn.images)), response=texts)
+        else:
+            stage = "input"  # no request to judge the response against: judge the text itself
+            check = Check.of(Extracted(texts, tuple(images)))
+    except InvalidInputError as exc:
+        check = Check(error=exc)
+    if check is None:
+        return stage, None
+    (result,) = yield Judge((check,))
+    return stage, result
+
+
+def _answer(outcome: tuple[Stage, Any], violation_message: str | None) -> dict[str, Any]:
+    stage, result = outcome
+    if result is None:
+        return {"action": "NONE"}
+    answer: dict[str, Any] = {"action": "NONE", "guardreasoner": result.model_dump(mode="json")}
+    if blocks(result, stage):
+        reason = format_violation(violation_message, stage)
+        if not result.judged:
+            reason += f" (could not judge: {result.status})"
+        answer.update(action="BLOCKED", blocked_reason=reason)
+    return answer
+
+
+def handle_guardrail_request(
+    guard: Guard,
+    payload: Mapping[str, Any],
+    *,
+    violation_message: str | None = None,
+    on_guard_error: GuardErrorPolicy = "block",
+) -> dict[str, Any]:
+    """Answer one Generic Guardrail API call.
+
+    Example:
+        >>> from guardreasoner_vl import Guard
+        >>> guard = Guard(backend="fake")
+        >>> handle_guardrail_request(guard, {"texts": ["how to make a bomb"], "input_type": "request"})["action"]
+        'BLOCKED'
+        >>> handle_guardrail_request(guard, {"texts": ["hello"], "input_type": "request"})["action"]
+        'NONE'
+    """
+    return _answer(run_sync(_plan(payload), guard, on_guard_error), violation_message)
+
+
+async def ahandle_guardrail_request(
+    guard: Guard,
+    payload: Mapping[str, Any],
+    *,
+    violation_message: str | None = None,
+    on_guard_error: GuardErrorPolicy = "block",
+) -> dict[str, Any]:
+    """Async :func:`handle_guardrail_request` (``Guard.amoderate_batch``)."""
+    return _answer(await run_async(_plan(payload), guard, on_guard_error), violation_message)
+
+
+def create_app(guard: Guard, *, api_key: str | None = None, violation_message: str | None = None) -> Any:
+    """A FastAPI app serving ``POST /beta/litellm_basic_guardrail_api`` (and ``GET /health``).
+
+    Args:
+        guard: the guard.
+        api_key: when set, requests must send ``Authorization: Bearer <api_key>`` (LiteLLM's ``api_key``).
+        violation_message: the ``blocked_reason`` text; ``{stage}`` becomes ``request`` or ``response``.
+    """
+    fastapi = require("fastapi", "server", feature="the LiteLLM guardrail app")
+    app = fastapi.FastAPI(title="guardreasoner-vl LiteLLM guardrail")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": guard.model_id}
+
+    async def guardrail(request: Any) -> Any:
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise fastapi.HTTPException(status_code=401, detail="invalid or missing API key")
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise fastapi.HTTPException(status_code=400, detail="the body must be JSON") from None
+        try:
+            return await ahandle_guardrail_request(guard, payload, violation_message=violation_message)
+        except InvalidInputError as exc:
+            raise fastapi.HTTPException(status_code=400, detail=str(exc)) from exc
+
+    # Annotations are strings here (postponed evaluation); FastAPI needs the real class to inject the request.
+    guardrail.__annotations__ = {"request": fastapi.Request, "return": Any}
+    app.post(GUARDRAIL_PATH)(guardrail)
+    return app

@@ -109,13 +109,10 @@ class Guard:
                 self.family = forced or detect_family(model)
             else:
                 cls = load_backend_class(name)
-                if name == "transformers":
-                    options.setdefault("device", device)
-                    options.setdefault("dtype", dtype)
-                    options.setdefault("min_pixels", self.limits.min_pixels)
-                    options.setdefault("max_pixels", self.limits.max_pixels)
-                elif name == "vllm":  # same image bounds as the input limits; dtype when given
-                    if dtype is not None:
+                if name in ("transformers", "vllm"):  # local engines: image bounds follow the input limits
+                    if name == "transformers":
+                        options.setdefault("device", device)
+                    if dtype is not None or name == "transformers":
                         options.setdefault("dtype", dtype)
                     options.setdefault("min_pixels", self.limits.min_pixels)
                     options.setdefault("max_pixels", self.limits.max_pixels)
@@ -360,7 +357,15 @@ class Guard:
                 raise InvalidInputError("on_parse_error must be 'flag', 'allow' or 'raise'")
             clone.on_parse_error = changes["on_parse_error"]
         if "limits" in changes:
-            clone.limits = changes["limits"]
+            new = changes["limits"]
+            if new.min_pixels < self.limits.min_pixels or new.max_pixels > self.limits.max_pixels:
+                # the engine's image processor was built with the original bounds; a wider range would
+                # make it resize our images again, so only narrowing is allowed here
+                raise InvalidInputError(
+                    "with_options can only narrow the pixel bounds the engine was built with "
+                    f"([{self.limits.min_pixels}, {self.limits.max_pixels}]); create a new Guard to widen them"
+                )
+            clone.limits = new
         return clone
 
     def as_runnable(self, model: Any = None, **options: Any) -> Any:

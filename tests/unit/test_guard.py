@@ -253,3 +253,12 @@ def test_special_token_text_is_kept_verbatim_in_the_prompt():
     prompt = backend.calls[0][0].prompt
     assert sum(p.kind == "special" for p in prompt.parts) == 5
     assert nasty in prompt.text
+
+
+def test_with_options_cannot_widen_pixel_bounds():
+    from guardreasoner_vl import InputLimits
+
+    guard = Guard(backend=FakeBackend(), limits=InputLimits(max_pixels=256 * 28 * 28))
+    assert guard.with_options(limits=InputLimits(max_pixels=128 * 28 * 28)).limits.max_pixels == 128 * 28 * 28
+    with pytest.raises(InvalidInputError, match="narrow"):
+        guard.with_options(limits=InputLimits())

@@ -1,0 +1,546 @@
+"""Remote engine: any OpenAI-compatible completion server (``vllm serve`` of a GuardReasoner checkpoint).
+
+What is sent, per model family (the prompt is always the core's exact reference prompt):
+
+* **VL family** -> ``POST {base_url}/chat/completions`` with
+  :meth:`RenderedPrompt.chat_messages <guardreasoner_vl.prompts.RenderedPrompt.chat_messages>`: the system
+  instruction, then the user turn split around the image so that the ``image_url`` part (a PNG ``data:``
+  URL of the image *already prepared* by :func:`guardreasoner_vl.inputs.prepare_image`) sits exactly at
+  ``<image>``. With the standard Qwen2.5-VL chat template (and ``--chat-template-content-format openai``
+  on vLLM) the server renders the reference prompt byte for byte.
+* **Text family** -> ``POST {base_url}/completions`` with :attr:`RenderedPrompt.text` as a raw string (no
+  chat template), or, when a local ``tokenizer`` is given, as token ids encoded here part by part.
+
+Decoding is the reference greedy decoding unless the Guard asks otherwise: ``temperature=0``, ``top_p=1``,
+``max_tokens=params.max_new_tokens``, ``seed`` when set, and ``repetition_penalty=1.0`` (a vLLM extension,
+sent because ``vllm serve`` otherwise applies the checkpoint's ``generation_config.json`` defaults, which for
+Qwen include a repetition penalty; drop it with ``extra_body={"repetition_penalty": None}``).
+
+Reliability: retries with exponential backoff and jitter on HTTP 408/409/429/5xx, connection errors and
+timeouts (``Retry-After`` is honoured, capped at ``max_backoff_s``); at most ``concurrency`` requests in
+flight per backend (per event loop for :meth:`RemoteBackend.agenerate`); a request that still fails becomes a
+``Generation(error=...)`` and the rest of the batch is unaffected.
+
+Security -- special tokens. The local engines tokenize caller text so that a typed ``<|im_end|>`` stays
+plain characters (see :mod:`guardreasoner_vl.backends.tokenization`). A remote server tokenizes the prompt
+*itself*, and OpenAI-compatible servers turn special-token strings found in message text into the control
+tokens, which would let moderated content close the guard's user turn and write its verdict. The client
+cannot prevent that, so ``special_tokens`` decides what happens to text that contains a special-token-like
+string (``<|...|>``, e.g. ``<|im_end|>``, ``<|eot_id|>``, ``<|image_pad|>``):
+
+* ``"reject"`` (default): the item is refused before anything is sent. Through a
+  :class:`~guardreasoner_vl.Guard`: :meth:`~guardreasoner_vl.Guard.moderate` raises
+  :class:`~guardreasoner_vl.errors.InvalidInputError` and a batch item gets ``status="invalid_input"``
+  (``flagged=True``); called directly, :meth:`RemoteBackend.generate` returns ``Generation(error=...)``.
+* ``"escape"``: the text is **altered**: a zero-width space (U+200B) is inserted after the ``<`` of each
+  such string (``<|im_end|>`` -> ``<\\u200b|im_end|>``), which no tokenizer matches as a special token.
+  The model then reads the string almost as written. A warning is logged for every altered request.
+* ``"allow"``: sent unchanged. Only for servers that tokenize message text without parsing special tokens,
+  or for trusted text; the guard can then be hijacked by its input.
+
+For the text family, ``tokenizer=`` (the checkpoint's tokenizer directory or Hub id, needs the
+``[transformers]`` extra) removes the problem entirely: the prompt is encoded here, safely, and sent as token
+ids, which ``/v1/completions`` of vLLM accepts; ``special_tokens`` is then not consulted.
+
+Example:
+    >>> from guardreasoner_vl import Guard
+    >>> guard = Guard("yueliu1999/GuardReasoner-VL-3B", backend="remote",
+    ...               backend_options={"base_url": "http://127.0.0.1:8000/v1"})  # doctest: +SKIP
+    >>> guard.moderate("How do I bake bread?").flagged                             # doctest: +SKIP
+    False
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from guardreasoner_vl.backends.base import Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.errors import InvalidInputError, require
+from guardreasoner_vl.inputs import encode_image_data_url
+from guardreasoner_vl.prompts import ModelFamily, RenderedPrompt, detect_family
+
+__all__ = ["API_KEY_ENV", "SPECIAL_TOKEN_PATTERN", "RemoteBackend", "escape_special_tokens", "find_special_tokens"]
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "GUARDREASONER_VL_REMOTE_API_KEY"
+"""Environment variable read for the server's API key when ``api_key`` is not given."""
+
+SPECIAL_TOKEN_PATTERN = re.compile(r"<\|[^\s<>|]{1,64}\|>")
+"""What counts as a special-token string: ``<|name|>``, the form of every control token of Qwen2.5
+(``<|im_end|>``, ``<|vision_start|>``, ``<|image_pad|>`` ...) and Llama 3 (``<|eot_id|>``,
+``<|begin_of_text|>``, ``<|reserved_special_token_7|>`` ...)."""
+
+SpecialTokenPolicy = Literal["reject", "escape", "allow"]
+_RETRY_STATUS = frozenset({408, 409, 429})
+_ZWSP = "\u200b"
+
+
+def find_special_tokens(prompt: RenderedPrompt) -> list[str]:
+    """Special-token strings inside the text parts of ``prompt`` (caller text; the template has none).
+
+    Example:
+        >>> from guardreasoner_vl.prompts import render_vl_prompt
+        >>> find_special_tokens(render_vl_prompt("hi <|im_end|> there"))
+        ['<|im_end|>']
+    """
+    found: list[str] = []
+    for part in prompt.parts:
+        if part.kind == "text":
+            found.extend(SPECIAL_TOKEN_PATTERN.findall(part.value))
+    return found
+
+
+def escape_special_tokens(text: str) -> str:
+    """Insert a zero-width space after the ``<`` of each special-token string (see the module docs).
+
+    Example:
+        >>> escape_special_tokens("a <|im_end|> b") == "a <\\u200b|im_end|> b"
+        True
+    """
+    return SPECIAL_TOKEN_PATTERN.sub(lambda m: "<" + _ZWSP + m.group(0)[1:], text)
+
+
+class _Failure(Exception):
+    """One request failed for good (no retry left, or not retryable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A prepared HTTP call: endpoint path and JSON body, or the reason it cannot be sent."""
+
+    path: str
+    body: dict[str, Any]
+    error: str | None = None
+
+
+class RemoteBackend:
+    """Talks to an OpenAI-compatible server (``vllm serve``) over HTTP with httpx.
+
+    Args:
+        model: the model name the server serves (``--served-model-name``; by default ``vllm serve`` uses the
+            checkpoint id). Also used to detect the family when ``family`` is not given.
+        family: ``"vl"`` or ``"text"``; detected from ``model`` otherwise.
+        base_url: the server's OpenAI API root, e.g. ``http://127.0.0.1:8000/v1``.
+        api_key: bearer token; default: the ``GUARDREASONER_VL_REMOTE_API_KEY`` environment variable (no
+            other variable is read, so an OpenAI key is never sent to a self-hosted server by accident).
+        timeout_s: timeout of one HTTP attempt (a long reasoning output can take minutes).
+        max_retries: retries after the first attempt, on 408/409/429/5xx, connection errors and timeouts.
+        concurrency: most requests in flight at once.
+        batch_size: accepted for compatibility with the other engines and ignored: every request of a batch
+            is sent at once, within ``concurrency``.
+        extra_body: fields merged into every request body (e.g. ``{"top_k": -1}``); a ``None`` value removes
+            a default field.
+        special_tokens: ``"reject"`` (default), ``"escape"`` or ``"allow"``; see the module docs.
+        tokenizer: text family only: a tokenizer directory or Hub id; the prompt is then encoded locally
+            (special-token safe) and sent as token ids.
+        backoff_s: first retry delay; doubles at each retry, with jitter (x0.5 to x1).
+        max_backoff_s: longest wait between attempts (also caps ``Retry-After``).
+        headers: extra HTTP headers.
+        transport: an ``httpx`` transport for the synchronous client (tests, proxies).
+        async_transport: an ``httpx`` transport for the asynchronous client.
+
+    Raises:
+        InvalidInputError: bad option values, or a model name whose family cannot be told.
+        MissingDependencyError: ``httpx`` is not installed (``pip install "guardreasoner-vl[remote]"``).
+    """
+
+    name = "remote"
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        family: ModelFamily | str | None = None,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        max_retries: int = 4,
+        concurrency: int = 16,
+        batch_size: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        special_tokens: SpecialTokenPolicy = "reject",
+        tokenizer: str | Path | None = None,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: Any = None,
+        async_transport: Any = None,
+    ) -> None:
+        self._httpx = require("httpx", "remote", feature="the remote backend")
+        if timeout_s <= 0:
+            raise InvalidInputError("timeout_s must be positive")
+        if max_retries < 0:
+            raise InvalidInputError("max_retries must be 0 or more")
+        if concurrency < 1:
+            raise InvalidInputError("concurrency must be at least 1")
+        if backoff_s < 0 or max_backoff_s < 0:
+            raise InvalidInputError("backoff_s and max_backoff_s must be 0 or more")
+        if special_tokens not in ("reject", "escape", "allow"):
+            raise InvalidInputError(f"special_tokens must be 'reject', 'escape' or 'allow', got {special_tokens!r}")
+        if not str(base_url).startswith(("http://", "https://")):
+            raise InvalidInputError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.model_id = str(model)
+        self.family = ModelFamily(family) if family is not None else detect_family(self.model_id)
+        self.base_url = str(base_url).rstrip("/")
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.concurrency = int(concurrency)
+        self.batch_size = batch_size
+        self.extra_body = dict(extra_body or {})
+        self.special_tokens: SpecialTokenPolicy = special_tokens
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        self._headers = {"User-Agent": "guardreasoner-vl", **dict(headers or {})}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._encoder: Any = None
+        self._prefix_ids: list[int] = []
+        if tokenizer is not None:
+            if self.family is not ModelFamily.TEXT:
+                raise InvalidInputError(
+                    "tokenizer= is for the text family (/v1/completions takes token ids); "
+                    "chat completions for the VL family take text"
+                )
+            self._encoder = self._load_encoder(tokenizer)
+        self._timeout = self._httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
+        self._transport = transport
+        self._async_transport = async_transport
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._random = random.Random()
+        self._closed = False
+
+    @staticmethod
+    def _load_encoder(tokenizer: str | Path) -> Any:
+        from guardreasoner_vl.backends.tokenization import PlainEncoder
+
+        transformers = require("transformers", "transformers", feature="local tokenization for the remote backend")
+        return PlainEncoder(transformers.AutoTokenizer.from_pretrained(str(tokenizer)))
+
+    # -- what is sent -------------------------------------------------------------------------------
+
+    def check_prompt(self, prompt: RenderedPrompt) -> None:
+        """Refuse a prompt whose caller text holds special-token strings (``special_tokens="reject"``).
+
+        :class:`~guardreasoner_vl.Guard` calls this while preparing an input, so a refused item is an
+        ``invalid_input`` result (or an :class:`InvalidInputError` from ``moderate``), never sent.
+
+        Raises:
+            InvalidInputError: the text contains a string such as ``<|im_end|>``.
+        """
+        if self.special_tokens != "reject" or (self._encoder is not None and prompt.family is ModelFamily.TEXT):
+            return
+        found = find_special_tokens(prompt)
+        if found:
+            shown = ", ".join(sorted(set(found))[:5])
+            raise InvalidInputError(
+                f"the text contains special-token strings ({shown}); a remote server would read them as control "
+                "tokens of the guard's prompt, so it is refused. Remove them, or build the remote backend with "
+                "special_tokens='escape' (inserts U+200B after '<') or 'allow' (unsafe)"
+            )
+
+    def build_call(self, request: GenerationRequest, params: SamplingParams) -> tuple[str, dict[str, Any]]:
+        """The endpoint path (relative to ``base_url``) and JSON body sent for ``request``.
+
+        Raises:
+            InvalidInputError: the request cannot be sent (refused special tokens, image for the text family).
+        """
+        prompt = request.prompt
+        self.check_prompt(prompt)
+        if prompt.family is not self.family:
+            raise InvalidInputError(f"a {prompt.family.value} prompt was sent to a {self.family.value} model")
+        local_ids = self._encoder is not None and prompt.family is ModelFamily.TEXT
+        escape = self.special_tokens == "escape" and not local_ids and bool(find_special_tokens(prompt))
+        if escape:
+            logger.warning("special-token strings in the text were escaped with U+200B before sending")
+        body: dict[str, Any] = {"model": self.model_id, "max_tokens": params.max_new_tokens}
+        if params.greedy:
+            body.update(temperature=0.0, top_p=1.0)
+        else:
+            body.update(temperature=params.temperature, top_p=params.top_p)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        body["repetition_penalty"] = 1.0
+        if prompt.family is ModelFamily.VL:
+            image_url = None
+            if prompt.has_image:
+                if request.image is None:
+                    raise InvalidInputError("the prompt has an image slot but the request carries no image")
+                image_url = encode_image_data_url(request.image)
+            messages = prompt.chat_messages(image_url=image_url)
+            if escape:
+                for message in messages:
+                    if isinstance(message["content"], list):
+                        for part in message["content"]:
+                            if part.get("type") == "text":
+                                part["text"] = escape_special_tokens(part["text"])
+            body["messages"] = messages
+            path = "/chat/completions"
+        else:
+            if request.image is not None:
+                raise InvalidInputError("the text family cannot read images")
+            if local_ids:
+                from guardreasoner_vl.backends.tokenization import encode_prompt
+
+                body["prompt"] = encode_prompt(self._encoder, prompt, add_prefix=True).input_ids
+            else:
+                body["prompt"] = escape_special_tokens(prompt.text) if escape else prompt.text
+            path = "/completions"
+        for key, value in self.extra_body.items():
+            if value is None:
+                body.pop(key, None)
+            else:
+                body[key] = value
+        return path, body
+
+    def _prepare(self, request: GenerationRequest, params: SamplingParams) -> _Call:
+        try:
+            path, body = self.build_call(request, params)
+        except InvalidInputError as exc:
+            return _Call("", {}, error=str(exc))
+        return _Call(path, body)
+
+    # -- what comes back ----------------------------------------------------------------------------
+
+    def _read(self, path: str, status: int, content: bytes) -> Generation:
+        try:
+            data = json.loads(content)
+            choice = data["choices"][0]
+            if path == "/chat/completions":
+                text = choice["message"].get("content") or ""
+            else:
+                text = choice.get("text") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise _Failure(
+                f"remote server {self.base_url} answered HTTP {status} with an unreadable body "
+                f"({type(exc).__name__}: {exc}): {content[:200]!r}"
+            ) from None
+        if not isinstance(text, str):
+            raise _Failure(f"remote server {self.base_url} returned non-text content: {text!r:.200}")
+        usage = data.get("usage") or {}
+        reason = choice.get("finish_reason")
+        return Generation(
+            text=text,
+            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+            completion_tokens=_int_or_none(usage.get("completion_tokens")),
+            finish_reason=reason if reason in ("stop", "length") else None,
+        )
+
+    def _error_text(self, status: int, content: bytes, attempts: int) -> str:
+        message: Any = None
+        try:
+            data = json.loads(content)
+            error = data.get("error") if isinstance(data, dict) else None
+            message = error.get("message") if isinstance(error, dict) else error
+            if message is None and isinstance(data, dict):
+                message = data.get("detail") or data.get("message")
+        except ValueError:
+            pass
+        if message is None:
+            message = content[:300].decode("utf-8", "replace")
+        return f"remote server {self.base_url} answered HTTP {status} after {attempts} attempt(s): {message}"
+
+    def _delay(self, retry: int, retry_after: str | None) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based)."""
+        if retry_after:
+            seconds = _parse_retry_after(retry_after)
+            if seconds is not None:
+                return min(max(seconds, 0.0), self.max_backoff_s)
+        base = min(self.max_backoff_s, self.backoff_s * (2**retry))
+        return base * (0.5 + 0.5 * self._random.random())
+
+    def _retryable(self, status: int) -> bool:
+        return status in _RETRY_STATUS or status >= 500
+
+    # -- synchronous --------------------------------------------------------------------------------
+
+    def _sync_client(self) -> Any:
+        with self._client_lock:
+            if self._closed:
+                raise _Failure("the remote backend is closed")
+            if self._client is None:
+                self._client = self._httpx.Client(
+                    base_url=self.base_url,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    transport=self._transport,
+                    limits=self._httpx.Limits(max_connections=self.concurrency),
+                )
+            return self._client
+
+    def _send(self, call: _Call) -> Generation:
+        if call.error is not None:
+            return Generation(text="", error=call.error)
+        attempts = 0
+        while True:
+            attempts += 1
+            retry_after: str | None = None
+            try:
+                client = self._sync_client()
+                with self._slots:
+                    response = client.post(call.path, json=call.body)
+                status, content = response.status_code, response.content
+            except self._httpx.TransportError as exc:  # connection errors and timeouts
+                failure = f"{type(exc).__name__}: {exc}"
+                if attempts > self.max_retries:
+                    return Generation(text="", error=self._transport_error(failure, attempts))
+            except _Failure as exc:
+                return Generation(text="", error=str(exc))
+            else:
+                if 200 <= status < 300:
+                    try:
+                        return self._read(call.path, status, content)
+                    except _Failure as exc:
+                        return Generation(text="", error=str(exc))
+                if not self._retryable(status) or attempts > self.max_retries:
+                    return Generation(text="", error=self._error_text(status, content, attempts))
+                retry_after = response.headers.get("retry-after")
+            delay = self._delay(attempts - 1, retry_after)
+            logger.info("remote request failed (attempt %d); retrying in %.2fs", attempts, delay)
+            time.sleep(delay)
+
+    def _transport_error(self, failure: str, attempts: int) -> str:
+        return f"could not reach remote server {self.base_url} after {attempts} attempt(s): {failure}"
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        """Send every request (up to ``concurrency`` at once); one :class:`Generation` per request, in order.
+
+        A request that fails for good gets ``Generation(error=...)``; it does not stop the others.
+        """
+        calls = [self._prepare(r, params) for r in requests]
+        if len(calls) <= 1:
+            return [self._send(c) for c in calls]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(calls)), thread_name_prefix="grvl-remote") as ex:
+            return list(ex.map(self._send, calls))
+
+    # -- asynchronous -------------------------------------------------------------------------------
+
+    def _async_state(self) -> tuple[Any, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            if self._closed:
+                raise _Failure("the remote backend is closed")
+            client = self._httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=self._headers,
+                timeout=self._timeout,
+                transport=self._async_transport,
+                limits=self._httpx.Limits(max_connections=self.concurrency),
+            )
+            state = (client, asyncio.Semaphore(self.concurrency))
+            self._loops[loop] = state
+        return state
+
+    async def _asend(self, call: _Call) -> Generation:
+        if call.error is not None:
+            return Generation(text="", error=call.error)
+        attempts = 0
+        while True:
+            attempts += 1
+            retry_after: str | None = None
+            try:
+                client, slots = self._async_state()
+                async with slots:
+                    response = await client.post(call.path, json=call.body)
+                status, content = response.status_code, response.content
+            except self._httpx.TransportError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                if attempts > self.max_retries:
+                    return Generation(text="", error=self._transport_error(failure, attempts))
+            except _Failure as exc:
+                return Generation(text="", error=str(exc))
+            else:
+                if 200 <= status < 300:
+                    try:
+                        return self._read(call.path, status, content)
+                    except _Failure as exc:
+                        return Generation(text="", error=str(exc))
+                if not self._retryable(status) or attempts > self.max_retries:
+                    return Generation(text="", error=self._error_text(status, content, attempts))
+                retry_after = response.headers.get("retry-after")
+            delay = self._delay(attempts - 1, retry_after)
+            logger.info("remote request failed (attempt %d); retrying in %.2fs", attempts, delay)
+            await asyncio.sleep(delay)
+
+    async def agenerate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        """Async :meth:`generate`: native httpx async, never blocks the event loop."""
+        if any(r.image is not None for r in requests):  # PNG-encoding images is CPU work: off the loop
+            calls = await asyncio.to_thread(lambda: [self._prepare(r, params) for r in requests])
+        else:
+            calls = [self._prepare(r, params) for r in requests]
+        return list(await asyncio.gather(*(self._asend(c) for c in calls)))
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connections of the current event loop's client (and the synchronous client)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - called without a loop
+            loop = None
+        state = self._loops.pop(loop, None) if loop is not None else None
+        if state is not None:
+            await state[0].aclose()
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP clients. Idempotent. Async clients of other, still running loops close in them."""
+        with self._client_lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        for loop, (aclient, _) in list(self._loops.items()):
+            if not loop.is_closed() and loop.is_running():
+                with contextlib.suppress(RuntimeError):  # the loop is shutting down
+                    loop.call_soon_threadsafe(_schedule_aclose, loop, aclient)
+        self._loops.clear()
+
+    def __repr__(self) -> str:
+        return f"RemoteBackend(model={self.model_id!r}, base_url={self.base_url!r}, family={self.family.value!r})"
+
+
+def _schedule_aclose(loop: asyncio.AbstractEventLoop, client: Any) -> None:
+    loop.create_task(client.aclose())
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _parse_retry_after(value: str) -> float | None:
+    """``Retry-After`` as seconds: a number of seconds or an HTTP date."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:  # pragma: no cover - older Pythons
+        return None
+    return when.timestamp() - time.time()

@@ -1,0 +1,513 @@
+"""The FastAPI application: ``create_app(guard, settings=...)``.
+
+Endpoints:
+
+* ``POST /v1/moderations`` -- OpenAI's moderation request and response. ``input`` is a string, a list of
+  strings (one result each, in order) or a list of content parts ``{"type": "text", "text": ...}`` and
+  ``{"type": "image_url", "image_url": {"url": ...}}`` (one result for the whole: text parts are joined with
+  ``"\\n"``, several images are merged side by side). ``model`` is accepted and ignored (clients often send
+  ``omni-moderation-latest``); the response names the served model. Results come from
+  :func:`guardreasoner_vl.moderation.to_openai_moderation` (the mapping is documented there: ``flagged`` is
+  the guard's, no category is claimed, no score is invented, our ``guardreasoner`` field carries the verdicts
+  and reasoning).
+* ``POST /v1/guard`` -- ``{"text", "image", "response"}`` -> the full :class:`~guardreasoner_vl.GuardResult`.
+* ``GET /v1/models``, ``GET /health`` (never needs the API key), ``GET /metrics`` (Prometheus text).
+
+Images are ``data:`` URLs or bare base64 (or ``http(s)`` URLs when ``allow_image_urls`` is set); a string is
+never read as a server file path.
+
+Status codes (errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``):
+400 bad input, 401 missing/wrong API key, 404/405 unknown route or method, 413 body or image too large,
+429 queue full (with ``Retry-After``), 502 the engine failed on an input (``code="engine_error"``; clients
+such as ``openai`` retry it), 503 shutting down, 500 anything unexpected. A model output that could not be
+parsed is *not* an HTTP error: it is a result with ``status="parse_error"``, flagged under the default
+fail-closed policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from guardreasoner_vl.errors import InvalidInputError, ParseError, require
+from guardreasoner_vl.guard import Guard
+from guardreasoner_vl.moderation import to_openai_moderation
+from guardreasoner_vl.server.batcher import BatcherClosedError, MicroBatcher, QueueFullError
+from guardreasoner_vl.server.metrics import ServerMetrics
+from guardreasoner_vl.server.settings import ServerSettings
+from guardreasoner_vl.types import GuardResult, ModerationItem
+
+require("fastapi", "server", feature="the moderation server")
+
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+
+__all__ = ["APIError", "GuardRequest", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = ("/v1/moderations", "/v1/guard", "/v1/models", "/health", "/metrics")
+
+
+# -- request schemas ---------------------------------------------------------------------------------
+
+
+class GuardRequest(BaseModel):
+    """Body of ``POST /v1/guard``."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    """The user's request."""
+    image: str | list[str] | None = None
+    """A ``data:`` URL or base64 image, or a list of them (merged side by side)."""
+    response: str | None = None
+    """The AI assistant's response to judge as well."""
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise APIError(400, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {_json_type(data)}")
+    return data
+
+
+_PART_SHAPES = '{"type": "text", "text": "..."} or {"type": "image_url", "image_url": {"url": "data:..."}}'
+
+
+def _part(part: Any, index: int) -> tuple[Literal["text", "image"], str]:
+    """One content part of a multimodal moderation input: ``("text", text)`` or ``("image", url)``."""
+    where = f"input[{index}]"
+    if not isinstance(part, dict):
+        raise APIError(400, f"{where}: a part must be {_PART_SHAPES}", param=where)
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise APIError(400, f"{where}: a text part needs a string 'text'", param=f"{where}.text")
+        return "text", text
+    if kind == "image_url":
+        image_url = part.get("image_url")
+        url = image_url.get("url") if isinstance(image_url, dict) else image_url
+        if not isinstance(url, str):
+            raise APIError(
+                400, f"{where}: an image part needs 'image_url': {{'url': '...'}}", param=f"{where}.image_url"
+            )
+        return "image", url
+    raise APIError(400, f"{where}: unsupported part type {kind!r}; a part must be {_PART_SHAPES}", param=where)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "invalid request body: " + "; ".join(parts)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"image is about {size:,} bytes, more than the limit of {limit:,} bytes"
+
+
+# -- the app -----------------------------------------------------------------------------------------
+
+
+class _State:
+    """What the handlers share."""
+
+    def __init__(self, guard: Guard, settings: ServerSettings) -> None:
+        from guardreasoner_vl import __version__
+
+        limits = replace(
+            guard.limits,
+            allow_urls=settings.allow_image_urls,  # the server's setting decides, whatever the guard's was
+            max_image_bytes=min(guard.limits.max_image_bytes, settings.max_image_bytes),  # downloads included
+        )
+        if limits != guard.limits:
+            guard = guard.with_options(limits=limits)
+        self.guard = guard
+        self.settings = settings
+        self.model_name = settings.model_name or guard.model_id
+        self.metrics = ServerMetrics(
+            model=self.model_name, backend=guard.backend.name, max_queue=settings.max_queue, version=__version__
+        )
+        self.batcher: MicroBatcher[ModerationItem, GuardResult] = MicroBatcher(
+            self._run_batch,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            workers=settings.workers,
+            metrics=self.metrics,
+        )
+
+    async def _run_batch(self, items: list[ModerationItem]) -> list[GuardResult]:
+        try:
+            results = await self.guard.amoderate_batch(items)
+        except ParseError as exc:  # on_parse_error="raise": every result is still there
+            if exc.results is None:
+                raise
+            results = exc.results
+        for result in results:
+            self.metrics.items.inc(result.status)
+            if result.flagged:
+                self.metrics.flagged.inc()
+            if result.usage.prompt_tokens:
+                self.metrics.tokens.inc("prompt", amount=result.usage.prompt_tokens)
+            if result.usage.completion_tokens:
+                self.metrics.tokens.inc("completion", amount=result.usage.completion_tokens)
+        return results
+
+    # -- request helpers --------------------------------------------------------------------------
+
+    def authorize(self, request: Request) -> None:
+        key = self.settings.api_key
+        if key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            self.metrics.rejected.inc("unauthorized")
+            raise APIError(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            self.metrics.rejected.inc("body_too_large")
+            raise APIError(
+                413, f"request body is {int(declared):,} bytes, more than the limit of {limit:,}", code="body_too_large"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                self.metrics.rejected.inc("body_too_large")
+                raise APIError(413, f"request body is more than the limit of {limit:,} bytes", code="body_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def image_source(self, value: str, *, param: str) -> str | bytes:
+        """A client's image string -> what the guard loads (never a file path)."""
+        value = value.strip()
+        limit = self.settings.max_image_bytes
+        if value.startswith(("http://", "https://")):
+            if not self.settings.allow_image_urls:
+                raise APIError(
+                    400,
+                    "this server does not fetch image URLs; send the image as a data: URL "
+                    "(data:image/png;base64,...) or as base64",
+                    param=param,
+                    code="image_url_not_allowed",
+                )
+            return value
+        if value.startswith("data:"):
+            comma = value.find(",")
+            if comma < 0:
+                raise APIError(400, "malformed data: URL (expected data:<mime>;base64,<data>)", param=param)
+            size = (len(value) - comma - 1) * 3 // 4
+            if size > limit:
+                self.metrics.rejected.inc("image_too_large")
+                raise APIError(413, _too_large(size, limit), param=param, code="image_too_large")
+            return value
+        if len(value) * 3 // 4 > limit:
+            self.metrics.rejected.inc("image_too_large")
+            raise APIError(413, _too_large(len(value) * 3 // 4, limit), param=param, code="image_too_large")
+        try:
+            return base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(
+                400,
+                "an image must be a data: URL (data:image/png;base64,...) or base64-encoded image bytes",
+                param=param,
+            ) from None
+
+    async def prepare(self, items: list[dict[str, Any]], *, param: str | None) -> list[ModerationItem]:
+        """Validate and load every item now (a bad one fails the request with 400), off the event loop."""
+        if not self.batcher.has_room(len(items)):
+            raise self.queue_full()
+
+        def work() -> list[ModerationItem]:
+            out = []
+            for index, item in enumerate(items):
+                try:
+                    prepared = self.guard.prepare(item.get("text"), item.get("image"), response=item.get("response"))
+                except InvalidInputError as exc:
+                    where = f"{param}[{index}]" if param and len(items) > 1 else param
+                    raise APIError(400, f"{where}: {exc}" if where else str(exc), param=where) from None
+                out.append(
+                    ModerationItem(text=item.get("text"), image=prepared.request.image, response=item.get("response"))
+                )
+            return out
+
+        return await asyncio.to_thread(work)
+
+    def queue_full(self) -> APIError:
+        self.metrics.rejected.inc("queue_full")
+        return APIError(
+            429,
+            f"the server is at capacity ({self.settings.max_queue} items waiting); retry after a short wait",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
+
+    async def judge(self, items: list[ModerationItem]) -> list[GuardResult]:
+        try:
+            results = await self.batcher.submit(items)
+        except QueueFullError:
+            raise self.queue_full() from None
+        except BatcherClosedError as exc:
+            raise APIError(
+                503,
+                str(exc),
+                type="server_error",
+                code="unavailable",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            ) from None
+        except Exception as exc:
+            self.metrics.errors.inc("internal")
+            logger.exception("moderation failed")
+            raise APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error") from None
+        failed = [r for r in results if r.status == "engine_error"]
+        if failed:
+            self.metrics.errors.inc("engine", amount=len(failed))
+            raise APIError(
+                502, f"the guard's engine failed: {failed[0].error}", type="server_error", code="engine_error"
+            )
+        return results
+
+
+class _MetricsMiddleware:
+    """Counts every HTTP request by endpoint and status, and times it (pure ASGI: no body buffering)."""
+
+    def __init__(self, app: Any, *, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = path if path in ENDPOINTS else "other"
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.http_requests.inc(endpoint, str(status[0]))
+            self.metrics.http_latency.observe(time.perf_counter() - start, endpoint)
+
+
+def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastAPI:
+    """Build the FastAPI app serving ``guard``.
+
+    Args:
+        guard: the :class:`~guardreasoner_vl.Guard` that judges every request (closed when the app stops,
+            unless ``settings.close_guard`` is False).
+        settings: batching, limits and auth (:class:`ServerSettings`).
+
+    Returns:
+        The app; run it with ``uvicorn.run(app, host="127.0.0.1", port=8000)`` or
+        :func:`guardreasoner_vl.server.serve_in_thread`.
+    """
+    from guardreasoner_vl import __version__
+
+    settings = settings or ServerSettings()
+    state = _State(guard, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.batcher.start()
+        try:
+            yield
+        finally:
+            await state.batcher.stop()
+            if settings.close_guard:
+                aclose = getattr(state.guard.backend, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except Exception:  # pragma: no cover - best effort at shutdown
+                        logger.exception("closing the engine failed")
+                state.guard.close()
+
+    app = FastAPI(
+        title="guardreasoner-vl moderation server",
+        version=__version__,
+        description="OpenAI-compatible /v1/moderations backed by a GuardReasoner(-VL) guard.",
+        lifespan=lifespan,
+    )
+    app.state.guard_state = state
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return APIError(exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None)).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - safety net
+        state.metrics.errors.inc("internal")
+        return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+
+    app.add_middleware(_MetricsMiddleware, metrics=state.metrics)
+
+    @app.post("/v1/moderations", summary="OpenAI-compatible moderation")
+    async def moderations(request: Request) -> JSONResponse:
+        state.authorize(request)
+        body = await state.read_body(request)
+        data = _json_object(body)
+        if "input" not in data:
+            raise APIError(400, "missing 'input': give a string, a list of strings or a list of parts", param="input")
+        if data.get("model") is not None and not isinstance(data["model"], str):
+            raise APIError(400, "'model' must be a string", param="model")
+        value = data["input"]
+        raw: list[dict[str, Any]]
+        if isinstance(value, str):
+            raw = [{"text": value}]
+        elif not isinstance(value, list):
+            raise APIError(
+                400,
+                f"'input' must be a string, a list of strings or a list of parts, got {_json_type(value)}",
+                param="input",
+            )
+        elif not value:
+            raise APIError(400, "input is empty: give a string, a list of strings or a list of parts", param="input")
+        elif all(isinstance(v, str) for v in value):
+            if len(value) > settings.max_inputs:
+                raise APIError(
+                    400, f"{len(value)} inputs given, at most {settings.max_inputs} per request", param="input"
+                )
+            raw = [{"text": v} for v in value]
+        elif any(isinstance(v, str) for v in value):
+            raise APIError(400, "'input' mixes strings and parts: give a list of strings or a list of parts")
+        else:
+            texts: list[str] = []
+            images: list[str | bytes] = []
+            for index, part in enumerate(value):
+                kind, content = _part(part, index)
+                if kind == "text":
+                    texts.append(content)
+                else:
+                    images.append(state.image_source(content, param=f"input[{index}].image_url.url"))
+            image: Any = None if not images else (images[0] if len(images) == 1 else images)
+            raw = [{"text": "\n".join(texts) if texts else None, "image": image}]
+        items = await state.prepare(raw, param="input")
+        results = await state.judge(items)
+        response = to_openai_moderation(results, model=state.model_name)
+        return JSONResponse(response.model_dump(mode="json"))
+
+    @app.post("/v1/guard", summary="Full GuardResult for text, image and response")
+    async def guard_endpoint(request: Request) -> JSONResponse:
+        state.authorize(request)
+        body = await state.read_body(request)
+        try:
+            parsed = GuardRequest.model_validate(_json_object(body))
+        except ValidationError as exc:
+            raise APIError(400, _validation_message(exc)) from None
+        image: Any = None
+        if isinstance(parsed.image, list):
+            image = [state.image_source(v, param=f"image[{i}]") for i, v in enumerate(parsed.image)] or None
+        elif parsed.image is not None:
+            image = state.image_source(parsed.image, param="image")
+        items = await state.prepare([{"text": parsed.text, "image": image, "response": parsed.response}], param=None)
+        (result,) = await state.judge(items)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    @app.get("/v1/models", summary="The served model")
+    async def models(request: Request) -> JSONResponse:
+        state.authorize(request)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "guardreasoner-vl"}],
+            }
+        )
+
+    @app.get("/health", summary="Liveness and queue state (no API key needed)")
+    async def health() -> JSONResponse:
+        running = state.batcher.running
+        return JSONResponse(
+            {
+                "status": "ok" if running else "unavailable",
+                "model": state.model_name,
+                "backend": state.guard.backend.name,
+                "family": state.guard.family.value,
+                "queue_depth": state.batcher.depth,
+                "max_queue": settings.max_queue,
+                "in_flight": state.batcher.in_flight,
+            },
+            status_code=200 if running else 503,
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        state.authorize(request)
+        return Response(state.metrics.render(), media_type=ServerMetrics.CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,62 @@
+"""Settings of the moderation server (imports nothing heavy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guardreasoner_vl.errors import InvalidInputError
+
+__all__ = ["SERVER_API_KEY_ENV", "ServerSettings"]
+
+SERVER_API_KEY_ENV = "GUARDREASONER_VL_SERVER_API_KEY"
+"""Environment variable ``guardreasoner-vl serve`` reads for the bearer token when ``--api-key`` is not given."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How the server batches, bounds and protects its work.
+
+    Attributes:
+        max_batch_size: most items per engine call.
+        max_wait_ms: how long the first item of a batch waits for others.
+        max_queue: most items waiting for a batch; beyond it requests get HTTP 429.
+        workers: engine calls that may run at once (keep 1 for a local engine; raise it for ``remote``).
+        max_inputs: most inputs in one ``/v1/moderations`` request (a list of strings); at most ``max_queue``.
+        max_body_bytes: largest request body; larger bodies get HTTP 413.
+        max_image_bytes: largest image (decoded bytes); larger images get HTTP 413.
+        api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <api_key>``.
+        allow_image_urls: fetch ``http(s)`` image URLs given by clients (off: only ``data:`` URLs and base64;
+            turning it on lets clients make the server fetch URLs).
+        model_name: the ``model`` reported in responses (default: the guard's model id).
+        close_guard: close the guard (free the model) when the server stops.
+        retry_after_s: the ``Retry-After`` header sent with 429 and 503 answers.
+    """
+
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    workers: int = 1
+    max_inputs: int = 64
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024
+    api_key: str | None = None
+    allow_image_urls: bool = False
+    model_name: str | None = None
+    close_guard: bool = True
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_queue", "workers", "max_inputs", "max_body_bytes", "max_image_bytes"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise InvalidInputError("max_wait_ms must be 0 or more")
+        if self.max_inputs > self.max_queue:
+            raise InvalidInputError(
+                f"max_inputs ({self.max_inputs}) cannot exceed max_queue ({self.max_queue}): such a request "
+                "could never be queued"
+            )
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidInputError("api_key is empty; pass None to disable authentication")
+        if self.retry_after_s < 0:
+            raise InvalidInputError("retry_after_s must be 0 or more")

@@ -28,6 +28,8 @@ __all__ = [
 
 BACKENDS: dict[str, str] = {
     "transformers": "guardreasoner_vl.backends.transformers:TransformersBackend",
+    "remote": "guardreasoner_vl.backends.remote:RemoteBackend",
+    "vllm": "guardreasoner_vl.backends.vllm:VLLMBackend",
 }
 """Engine name -> ``module:Class``. Each class takes ``(model, *, family, **options)``."""
 

@@ -20,7 +20,12 @@ from guardreasoner_vl.errors import GuardError
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "guardreasoner_vl.evaluation.cli",
+    "guardreasoner_vl.server.cli",
+    "guardreasoner_vl.batch",
+    "guardreasoner_vl.training.cli",
+)
 """Modules that add subcommands through ``register(subparsers)``."""
 
 

@@ -95,7 +95,11 @@ class TransformersBackend:
             config = transformers.AutoConfig.from_pretrained(self.model_id, **_hub_kwargs(kwargs))
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load the config of {self.model_id!r}: {exc}") from exc
-        self.family = family or detect_family(self.model_id, model_type=getattr(config, "model_type", None))
+        self.family = (
+            ModelFamily(family)
+            if family
+            else detect_family(self.model_id, model_type=getattr(config, "model_type", None))
+        )
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id, **_hub_kwargs(kwargs))
             self.image_processor = None

@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-TESTS_DIR = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def hide_tests_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytest puts ``tests/`` on ``sys.path``, where the folder ``tests/vllm`` reads as a namespace package
-    ``vllm``; TRL then believes vLLM is installed. Hide ``tests/`` for tests that build a GRPO trainer."""
-    import importlib
-
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != TESTS_DIR])
-    importlib.invalidate_caches()
 
 
 def write_rows(folder: Path) -> Path:

@@ -13,19 +13,6 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _no_shadowing_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytest puts ``tests/`` on ``sys.path``, where the folder ``tests/vllm`` reads as a namespace package
-    ``vllm``; TRL then believes vLLM is installed and fails on its version ('N/A'). Hide ``tests/`` here."""
-    import importlib
-    import sys
-
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != TESTS_DIR])
-    importlib.invalidate_caches()
-
 
 def _rows(image_path: Path) -> list[dict[str, Any]]:
     from guardreasoner_vl.training.data import TrainSample, to_rl_record

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 EPS = 0.2
-TESTS_DIR = Path(__file__).resolve().parents[1]
 
 
 def _tensors(path: Path) -> dict[str, Any]:
@@ -51,61 +49,58 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_vl_path: Path, rows_write
 
     root = tmp_path_factory.mktemp("pipeline")
     data = rows_writer(root / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        # tests/vllm would read as an installed ``vllm`` package for TRL (see conftest.hide_tests_dir).
-        mp.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != TESTS_DIR])
-        sft_yaml = root / "sft.yaml"
-        sft_yaml.write_text(
-            f"stage: sft\nmodel: {tiny_vl_path}\ndata: {data}\noutput_dir: {root / 'sft'}\n"
-            "max_steps: 3\nper_device_train_batch_size: 2\nglobal_batch_size: 2\nlearning_rate: 1.0e-3\n"
-            "save_steps: 3\nlogging_steps: 1\nreport_to: [none]\ngradient_checkpointing: false\nuse_cpu: true\n",
-            encoding="utf-8",
-        )
-        sft = _cli(["train", "sft", "--config", str(sft_yaml), "-q"])
+    sft_yaml = root / "sft.yaml"
+    sft_yaml.write_text(
+        f"stage: sft\nmodel: {tiny_vl_path}\ndata: {data}\noutput_dir: {root / 'sft'}\n"
+        "max_steps: 3\nper_device_train_batch_size: 2\nglobal_batch_size: 2\nlearning_rate: 1.0e-3\n"
+        "save_steps: 3\nlogging_steps: 1\nreport_to: [none]\ngradient_checkpointing: false\nuse_cpu: true\n",
+        encoding="utf-8",
+    )
+    sft = _cli(["train", "sft", "--config", str(sft_yaml), "-q"])
 
-        samples = load_samples(data).samples
-        with Guard(sft["final_model"], backend="transformers", device="cpu", max_new_tokens=4) as guard:
-            mined = mine_hard_samples(
-                guard, samples, output_dir=root / "mine", passes=2, max_new_tokens=4, batch_size=3, seed=1
-            )
-
-        augment = _cli(
-            [
-                "train",
-                "augment",
-                "-q",
-                f"hard={root / 'mine' / 'hard.jsonl'}",
-                f"output={root / 'rl.jsonl'}",
-                "ratio=0.2",
-                "seed=3",
-            ]
+    samples = load_samples(data).samples
+    with Guard(sft["final_model"], backend="transformers", device="cpu", max_new_tokens=4) as guard:
+        mined = mine_hard_samples(
+            guard, samples, output_dir=root / "mine", passes=2, max_new_tokens=4, batch_size=3, seed=1
         )
 
-        rl_cfg = load_config(
-            None,
-            "rl",
-            [
-                f"model={sft['final_model']}",
-                f"data={root / 'rl.jsonl'}",
-                f"output_dir={root / 'rl'}",
-                "num_generations=2",
-                "per_device_train_batch_size=2",
-                "rollout_batch_size=2",  # 2 prompts per rollout round ...
-                "actor_batch_size=1",  # ... and 2 policy updates per round, as in the paper (512 / 256)
-                "max_steps=4",
-                "max_completion_length=8",
-                "learning_rate=1e-2",
-                "weight_decay=0.0",  # so that any change of the weights comes from the policy gradient
-                "reward_length_unit=chars",  # random tokens differ in characters: rewards vary inside a group
-                "reward_max_length=64",
-                "save_steps=4",
-                "logging_steps=1",
-                "report_to=[none]",
-                "gradient_checkpointing=false",
-                "use_cpu=true",
-            ],
-        )
-        rl = run_rl(rl_cfg)
+    augment = _cli(
+        [
+            "train",
+            "augment",
+            "-q",
+            f"hard={root / 'mine' / 'hard.jsonl'}",
+            f"output={root / 'rl.jsonl'}",
+            "ratio=0.2",
+            "seed=3",
+        ]
+    )
+
+    rl_cfg = load_config(
+        None,
+        "rl",
+        [
+            f"model={sft['final_model']}",
+            f"data={root / 'rl.jsonl'}",
+            f"output_dir={root / 'rl'}",
+            "num_generations=2",
+            "per_device_train_batch_size=2",
+            "rollout_batch_size=2",  # 2 prompts per rollout round ...
+            "actor_batch_size=1",  # ... and 2 policy updates per round, as in the paper (512 / 256)
+            "max_steps=4",
+            "max_completion_length=8",
+            "learning_rate=1e-2",
+            "weight_decay=0.0",  # so that any change of the weights comes from the policy gradient
+            "reward_length_unit=chars",  # random tokens differ in characters: rewards vary inside a group
+            "reward_max_length=64",
+            "save_steps=4",
+            "logging_steps=1",
+            "report_to=[none]",
+            "gradient_checkpointing=false",
+            "use_cpu=true",
+        ],
+    )
+    rl = run_rl(rl_cfg)
     return {"root": root, "tiny": tiny_vl_path, "sft": sft, "mined": mined, "augment": augment, "rl": rl}
 
 

@@ -120,9 +120,7 @@ def test_sft_killed_after_checkpoint_resumes_to_the_same_step(
     assert a[name].allclose(b[name], atol=1e-6)
 
 
-def test_rl_resume_continues_the_clip_schedule(
-    tmp_path: Path, tiny_vl_path: Path, train_rows: Path, hide_tests_dir: None
-) -> None:
+def test_rl_resume_continues_the_clip_schedule(tmp_path: Path, tiny_vl_path: Path, train_rows: Path) -> None:
     from transformers import TrainerCallback
 
     from guardreasoner_vl.training.config import load_config

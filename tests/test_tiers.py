@@ -63,3 +63,13 @@ def test_missing_extra_error_names_the_pip_command():
         assert isinstance(exc, ImportError)
     else:  # pragma: no cover
         raise AssertionError("expected MissingDependencyError")
+
+
+def test_test_module_basenames_are_unique():
+    """pytest's default import mode puts each test folder on sys.path: two files of one name collide."""
+    names = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name not in ("conftest.py", "__init__.py")]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    assert duplicates == []
+    # and no test folder may shadow a real package on sys.path (tests/vllm once read as `vllm`)
+    shadowing = [p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name in [*HEAVY, "guardreasoner_vl"]]
+    assert shadowing == []

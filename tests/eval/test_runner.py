@@ -1,7 +1,7 @@
 """Running a Guard over benchmarks: predictions layout, batching, resuming, torn lines, scoring.
 
 The guard here runs the real prompt, Guard and parser code with a FunctionBackend standing in for the
-network (a model run is covered by the slow end-to-end test in test_cli.py).
+network (a model run is covered by the slow end-to-end test in test_eval_cli.py).
 """
 
 from __future__ import annotations

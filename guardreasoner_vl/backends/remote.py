@@ -395,30 +395,43 @@ class RemoteBackend:
         attempts = 0
         while True:
             attempts += 1
-            retry_after: str | None = None
             try:
                 client = self._sync_client()
                 with self._slots:
                     response = client.post(call.path, json=call.body)
-                status, content = response.status_code, response.content
             except self._httpx.TransportError as exc:  # connection errors and timeouts
-                failure = f"{type(exc).__name__}: {exc}"
-                if attempts > self.max_retries:
-                    return Generation(text="", error=self._transport_error(failure, attempts))
+                step = self._on_transport_error(exc, attempts)
             except _Failure as exc:
                 return Generation(text="", error=str(exc))
             else:
-                if 200 <= status < 300:
-                    try:
-                        return self._read(call.path, status, content)
-                    except _Failure as exc:
-                        return Generation(text="", error=str(exc))
-                if not self._retryable(status) or attempts > self.max_retries:
-                    return Generation(text="", error=self._error_text(status, content, attempts))
-                retry_after = response.headers.get("retry-after")
-            delay = self._delay(attempts - 1, retry_after)
-            logger.info("remote request failed (attempt %d); retrying in %.2fs", attempts, delay)
-            time.sleep(delay)
+                step = self._on_response(call, response, attempts)
+            if isinstance(step, Generation):
+                return step
+            time.sleep(step)
+
+    def _on_transport_error(self, exc: Exception, attempts: int) -> Generation | float:
+        """The final failure, or the delay before the next attempt (shared by the sync and async paths)."""
+        failure = f"{type(exc).__name__}: {exc}"
+        if attempts > self.max_retries:
+            return Generation(text="", error=self._transport_error(failure, attempts))
+        return self._retry_delay(attempts, None)
+
+    def _on_response(self, call: _Call, response: Any, attempts: int) -> Generation | float:
+        """The generation (or final error) read from ``response``, or the delay before retrying."""
+        status, content = response.status_code, response.content
+        if 200 <= status < 300:
+            try:
+                return self._read(call.path, status, content)
+            except _Failure as exc:
+                return Generation(text="", error=str(exc))
+        if not self._retryable(status) or attempts > self.max_retries:
+            return Generation(text="", error=self._error_text(status, content, attempts))
+        return self._retry_delay(attempts, response.headers.get("retry-after"))
+
+    def _retry_delay(self, attempts: int, retry_after: str | None) -> float:
+        delay = self._delay(attempts - 1, retry_after)
+        logger.info("remote request failed (attempt %d); retrying in %.2fs", attempts, delay)
+        return delay
 
     def _transport_error(self, failure: str, attempts: int) -> str:
         return f"could not reach remote server {self.base_url} after {attempts} attempt(s): {failure}"
@@ -459,30 +472,19 @@ class RemoteBackend:
         attempts = 0
         while True:
             attempts += 1
-            retry_after: str | None = None
             try:
                 client, slots = self._async_state()
                 async with slots:
                     response = await client.post(call.path, json=call.body)
-                status, content = response.status_code, response.content
             except self._httpx.TransportError as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-                if attempts > self.max_retries:
-                    return Generation(text="", error=self._transport_error(failure, attempts))
+                step = self._on_transport_error(exc, attempts)
             except _Failure as exc:
                 return Generation(text="", error=str(exc))
             else:
-                if 200 <= status < 300:
-                    try:
-                        return self._read(call.path, status, content)
-                    except _Failure as exc:
-                        return Generation(text="", error=str(exc))
-                if not self._retryable(status) or attempts > self.max_retries:
-                    return Generation(text="", error=self._error_text(status, content, attempts))
-                retry_after = response.headers.get("retry-after")
-            delay = self._delay(attempts - 1, retry_after)
-            logger.info("remote request failed (attempt %d); retrying in %.2fs", attempts, delay)
-            await asyncio.sleep(delay)
+                step = self._on_response(call, response, attempts)
+            if isinstance(step, Generation):
+                return step
+            await asyncio.sleep(step)
 
     async def agenerate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
         """Async :meth:`generate`: native httpx async, never blocks the event loop."""

@@ -34,12 +34,12 @@ Where this departs from the paper (verl) and the released code, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
 from collections.abc import Sequence
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.errors import InvalidInputError, MissingDependencyError, require
@@ -57,7 +57,7 @@ from guardreasoner_vl.training.sft import (
     model_family,
     resolve_bf16,
     resolve_resume,
-    save_for_guard,
+    train_and_save,
     trainer_kwargs,
     world_size,
 )
@@ -391,25 +391,17 @@ def run_rl(config: RLConfig, *, callbacks: Sequence[Any] = (), final_dtype: str 
         config.effective_reward_beta,
         resume,
     )
-    output = trainer.train(resume_from_checkpoint=resume)
-    final = None
-    if config.save_final_model:
-        final = save_for_guard(
-            trainer,
-            Path(config.output_dir) / "final",
-            base_model=config.model,
-            tokenizer=processor.tokenizer,
-            final_dtype=final_dtype,
-        )
-    metrics = {k: float(v) for k, v in (output.metrics or {}).items() if isinstance(v, int | float)}
-    return TrainResult(
-        output_dir=Path(config.output_dir),
-        final_model=final,
-        global_step=int(trainer.state.global_step),
-        metrics=metrics,
+    result = train_and_save(
+        trainer,
+        config,
+        resume=resume,
+        tokenizer=processor.tokenizer,
+        final_dtype=final_dtype,
         num_samples=len(dataset),
         dropped={"too_long": too_long, **counts},
-        resumed_from=resume,
+    )
+    return dataclasses.replace(
+        result,
         clip_history=tuple(getattr(trainer, "clip_history", ())),
         clip_total=trainer.current_clip_step()[1] if config.dynamic_clipping else None,
     )

@@ -395,6 +395,39 @@ def save_for_guard(
 # ------------------------------------------------------------------------------------ resume fix
 
 
+def train_and_save(
+    trainer: Any,
+    config: SFTConfig | RLConfig,
+    *,
+    resume: str | None,
+    tokenizer: Any,
+    final_dtype: str | None,
+    num_samples: int,
+    dropped: dict[str, int],
+) -> TrainResult:
+    """Train (resuming when asked), save the final model for ``Guard`` if configured, and report (R-SFT, GRPO)."""
+    output = trainer.train(resume_from_checkpoint=resume)
+    final = None
+    if config.save_final_model:
+        final = save_for_guard(
+            trainer,
+            Path(config.output_dir) / "final",
+            base_model=config.model,
+            tokenizer=tokenizer,
+            final_dtype=final_dtype,
+        )
+    metrics = {k: float(v) for k, v in (output.metrics or {}).items() if isinstance(v, int | float)}
+    return TrainResult(
+        output_dir=Path(config.output_dir),
+        final_model=final,
+        global_step=int(trainer.state.global_step),
+        metrics=metrics,
+        num_samples=num_samples,
+        dropped=dropped,
+        resumed_from=resume,
+    )
+
+
 def load_checkpoint_weights(model: Any, checkpoint: str | os.PathLike[str]) -> bool:
     """Load ``checkpoint``'s ``model.safetensors`` (single or sharded) into ``model``, renaming saved keys.
 
@@ -740,23 +773,12 @@ def run_sft(
         bf16,
         resume,
     )
-    output = trainer.train(resume_from_checkpoint=resume)
-    final = None
-    if config.save_final_model:
-        final = save_for_guard(
-            trainer,
-            Path(config.output_dir) / "final",
-            base_model=config.model,
-            tokenizer=tokenizer,
-            final_dtype=final_dtype,
-        )
-    metrics = {k: float(v) for k, v in (output.metrics or {}).items() if isinstance(v, int | float)}
-    return TrainResult(
-        output_dir=Path(config.output_dir),
-        final_model=final,
-        global_step=int(trainer.state.global_step),
-        metrics=metrics,
+    return train_and_save(
+        trainer,
+        config,
+        resume=resume,
+        tokenizer=tokenizer,
+        final_dtype=final_dtype,
         num_samples=len(rows),
         dropped={"too_long": too_long, **counts},
-        resumed_from=resume,
     )

@@ -273,21 +273,26 @@ def _merge(
     return [r for r in out if r is not None]
 
 
+def _recover(guard: Guard, exc: GuardError, n_items: int, policy: GuardErrorPolicy) -> list[GuardResult]:
+    """Results to use when the guard call failed, or re-raise (shared by the sync and async paths)."""
+    if isinstance(exc, ParseError):
+        if policy == "raise" or exc.results is None:
+            raise exc
+        return exc.results
+    if policy == "raise":
+        raise exc
+    logger.warning("guard failed: %s; treating as flagged", exc)
+    return [_error_result(guard, exc) for _ in range(n_items)]
+
+
 def _judge_sync(guard: Guard, checks: Sequence[Check], policy: GuardErrorPolicy) -> list[GuardResult]:
     items, positions = _split(checks, guard, policy)
     judged: list[GuardResult] = []
     if items:
         try:
             judged = guard.moderate_batch(items)
-        except ParseError as exc:
-            if policy == "raise" or exc.results is None:
-                raise
-            judged = exc.results
         except GuardError as exc:
-            if policy == "raise":
-                raise
-            logger.warning("guard failed: %s; treating as flagged", exc)
-            judged = [_error_result(guard, exc) for _ in items]
+            judged = _recover(guard, exc, len(items), policy)
     return _merge(guard, checks, positions, judged, policy)
 
 
@@ -297,15 +302,8 @@ async def _judge_async(guard: Guard, checks: Sequence[Check], policy: GuardError
     if items:
         try:
             judged = await guard.amoderate_batch(items)
-        except ParseError as exc:
-            if policy == "raise" or exc.results is None:
-                raise
-            judged = exc.results
         except GuardError as exc:
-            if policy == "raise":
-                raise
-            logger.warning("guard failed: %s; treating as flagged", exc)
-            judged = [_error_result(guard, exc) for _ in items]
+            judged = _recover(guard, exc, len(items), policy)
     return _merge(guard, checks, positions, judged, policy)
 
 

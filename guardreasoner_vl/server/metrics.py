@@ -76,10 +76,8 @@ class _Metric:
         raise NotImplementedError
 
 
-class Counter(_Metric):
-    """A monotonically increasing count per label set."""
-
-    kind = "counter"
+class _ValueMetric(_Metric):
+    """One float per label set (what counters and gauges share)."""
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help, labelnames)
@@ -87,9 +85,7 @@ class Counter(_Metric):
         if not self.labelnames:
             self._values[()] = 0.0
 
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
+    def _add(self, labels: Sequence[str], amount: float) -> None:
         key = self._key(labels)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
@@ -103,33 +99,28 @@ class Counter(_Metric):
         return self._header() + [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in items]
 
 
-class Gauge(_Metric):
+class Counter(_ValueMetric):
+    """A monotonically increasing count per label set."""
+
+    kind = "counter"
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        self._add(labels, amount)
+
+
+class Gauge(_ValueMetric):
     """A value that goes up and down, per label set."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
-        if not self.labelnames:
-            self._values[()] = 0.0
 
     def set(self, value: float, *labels: str) -> None:
         with self._lock:
             self._values[self._key(labels)] = float(value)
 
     def inc(self, amount: float = 1.0, *labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, *labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return self._header() + [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in items]
+        self._add(labels, amount)
 
 
 class Histogram(_Metric):

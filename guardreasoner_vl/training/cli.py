@@ -142,39 +142,27 @@ def _run(args: argparse.Namespace) -> int:
 
 def _stage(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     summary: dict[str, Any]
-    if args.stage == "sft":
-        from guardreasoner_vl.training.sft import run_sft
+    if args.stage in ("sft", "rl"):
+        if args.stage == "sft":
+            from guardreasoner_vl.training.sft import run_sft
 
-        result = run_sft(config)
-        summary = _jsonable(
-            {
-                "stage": "sft",
-                "output_dir": result.output_dir,
-                "final_model": result.final_model,
-                "global_step": result.global_step,
-                "num_samples": result.num_samples,
-                "dropped": result.dropped,
-                "resumed_from": result.resumed_from,
-                "metrics": result.metrics,
-            }
-        )
-    elif args.stage == "rl":
-        from guardreasoner_vl.training.rl import run_rl
+            result = run_sft(config)
+        else:
+            from guardreasoner_vl.training.rl import run_rl
 
-        result = run_rl(config)
-        summary = _jsonable(
-            {
-                "stage": "rl",
-                "output_dir": result.output_dir,
-                "final_model": result.final_model,
-                "global_step": result.global_step,
-                "num_samples": result.num_samples,
-                "dropped": result.dropped,
-                "resumed_from": result.resumed_from,
-                "clip_total_steps": result.clip_total,
-                "metrics": result.metrics,
-            }
-        )
+            result = run_rl(config)
+        fields = {
+            "stage": args.stage,
+            "output_dir": result.output_dir,
+            "final_model": result.final_model,
+            "global_step": result.global_step,
+            "num_samples": result.num_samples,
+            "dropped": result.dropped,
+            "resumed_from": result.resumed_from,
+        }
+        if args.stage == "rl":
+            fields["clip_total_steps"] = result.clip_total
+        summary = _jsonable({**fields, "metrics": result.metrics})
     elif args.stage == "mine":
         from guardreasoner_vl.training.mining import run_mining
 

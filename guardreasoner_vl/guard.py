@@ -182,7 +182,9 @@ class Guard:
             return GuardResult(
                 flagged=True, status="engine_error", error=generation.error, model=self.model_id, usage=usage
             )
-        parsed = parse_output(generation.text, expect_response=item.has_response)
+        parsed = parse_output(
+            generation.text, expect_response=item.has_response, truncated=generation.finish_reason == "length"
+        )
         request = parsed.request
         response = parsed.response if item.has_response else None
         refusal = parsed.refusal if (item.has_response and self.family.has_refusal_task) else None

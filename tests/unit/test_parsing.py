@@ -56,14 +56,15 @@ CASES = [
         True,
     ),
     (
-        "unclosed-result-at-end",
+        # An unclosed final <result> is a cut-off generation: not a verdict (issue 9.4; it read H/U before).
+        "unclosed-result-at-end-is-a-parse-failure",
         "<think>cut</think><result>\nRequest: harmful\nResponse: unharmful",
         True,
-        H,
-        U,
         None,
-        "result",
-        True,
+        None,
+        None,
+        None,
+        False,
     ),
     (
         "text-answers-block",

@@ -22,25 +22,31 @@ import base64
 import binascii
 import io
 import math
+import os
 import re
+import stat
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from guardreasoner_vl.errors import InvalidInputError
 
 __all__ = [
     "DEFAULT_LIMITS",
     "IMAGE_FACTOR",
+    "SUPPORTED_FORMATS",
     "InputLimits",
     "encode_image_data_url",
     "load_image",
     "merge_images",
     "prepare_image",
+    "prepared_nbytes",
     "smart_resize",
     "validate_text",
 ]
@@ -60,6 +66,9 @@ class InputLimits:
         max_text_chars: longest text or response, in characters.
         max_image_bytes: largest encoded image (file, bytes, data URL, download).
         max_decoded_pixels: largest image, in pixels, read from the header *before* decoding.
+        max_image_memory: most bytes one decoded image may take (Pillow keeps 4 bytes per pixel for RGB,
+            RGBA, P, CMYK, ...; 1 for L and 1-bit; 2 for 16-bit greyscale), also checked from the header,
+            and for the merged canvas. Peak memory of preparing one request is about 2.5x this.
         min_pixels: smart-resize lower bound (reference: 4*28*28).
         max_pixels: smart-resize upper bound (reference: 16384*28*28); lowering it is a speed knob.
         max_images: most images merged into one request.
@@ -71,6 +80,7 @@ class InputLimits:
     max_text_chars: int = 200_000
     max_image_bytes: int = 32 * 1024 * 1024
     max_decoded_pixels: int = 64 * 1024 * 1024
+    max_image_memory: int = 256 * 1024 * 1024
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
     max_images: int = 8
@@ -84,9 +94,11 @@ class InputLimits:
                 f"need {IMAGE_FACTOR * IMAGE_FACTOR} <= min_pixels <= max_pixels, "
                 f"got min_pixels={self.min_pixels}, max_pixels={self.max_pixels}"
             )
-        for name in ("max_text_chars", "max_image_bytes", "max_decoded_pixels", "max_images"):
+        for name in ("max_text_chars", "max_image_bytes", "max_decoded_pixels", "max_image_memory", "max_images"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive")
+        if len(self.merge_max_size) != 2 or min(self.merge_max_size) <= 0:
+            raise InvalidInputError(f"merge_max_size must be (width, height) > 0, got {self.merge_max_size}")
 
 
 DEFAULT_LIMITS = InputLimits()
@@ -147,40 +159,107 @@ def smart_resize(
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[^;,]*)*?)(?P<b64>;base64)?,", re.IGNORECASE)
 
+SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "TGA", "ICO")
+"""Encoded formats the loader opens (JPEG includes MPO); others (EPS, PDF, WMF, PSD, ...) are refused before
+their plug-ins run."""
+
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ONE_BYTE_MODES = frozenset({"1", "L", "P"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """What Pillow stores per pixel: 1 byte for 1/L/P, 2 for 16-bit greyscale, 4 for every other mode (RGB too)."""
+    if mode in _ONE_BYTE_MODES:
+        return 1
+    return 2 if mode in _SIXTEEN_BIT_MODES else 4
+
+
+def prepared_nbytes(image: Image.Image | None) -> int:
+    """The bytes a prepared (or any) PIL image holds in memory: ``width * height * bytes per pixel``.
+
+    Pillow stores RGB with 4 bytes per pixel, so the largest prepared image at the default ``max_pixels``
+    (16384*28*28 pixels) holds about 49 MiB. Use it to bound queues by memory rather than by items.
+
+    Example:
+        >>> from PIL import Image
+        >>> prepared_nbytes(Image.new("RGB", (28, 56))), prepared_nbytes(None)
+        (6272, 0)
+    """
+    if image is None:
+        return 0
+    return image.width * image.height * _bytes_per_pixel(image.mode)
+
+
+def _read_file(path: Path, limits: InputLimits) -> bytes:
+    """Read a regular file, never blocking on a FIFO or device (opened non-blocking, checked with fstat)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise InvalidInputError(f"image file not found: {path}") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"image path is not a file: {path} is a directory") from None
+    except PermissionError as exc:
+        raise InvalidInputError(f"cannot read image file {path}: permission denied") from exc
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read image file {path}: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise InvalidInputError(f"image path is not a file: {path} is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInputError(f"image path is not a file: {path} is a special file (FIFO, device or socket)")
+        if info.st_size > limits.max_image_bytes:
+            raise InvalidInputError(_too_big(info.st_size, limits))
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 20, limits.max_image_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limits.max_image_bytes:
+                raise InvalidInputError(_too_big(total, limits))
+        return b"".join(chunks)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read image file {path}: {exc}") from exc
+    finally:
+        os.close(fd)
+
 
 def _read_bytes(source: str | Path, limits: InputLimits) -> bytes:
     if isinstance(source, str):
-        if source.startswith("data:"):
-            match = _DATA_URL.match(source)
-            if not match:
-                raise InvalidInputError("malformed data: URL (expected data:<mime>;base64,<data>)")
-            payload = source[match.end() :]
-            if len(payload) * 3 // 4 > limits.max_image_bytes:
-                raise InvalidInputError(_too_big(len(payload) * 3 // 4, limits))
-            if not match.group("b64"):
-                from urllib.parse import unquote_to_bytes
-
-                return unquote_to_bytes(payload)
-            try:
-                return base64.b64decode(payload, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise InvalidInputError(f"data: URL holds invalid base64: {exc}") from exc
+        if source[:5].lower() == "data:":
+            return _data_url_bytes(source, limits)
         if source.startswith(("http://", "https://")):
             return _download(source, limits)
         if "://" in source[:16]:
             raise InvalidInputError(f"unsupported image URL scheme in {source[:40]!r}; use a path, bytes or data: URL")
-    path = Path(source)
+        if not source:
+            raise InvalidInputError("image path is empty")
+    return _read_file(Path(source), limits)
+
+
+def _data_url_bytes(source: str, limits: InputLimits) -> bytes:
+    match = _DATA_URL.match(source[:512])
+    if not match:
+        raise InvalidInputError("malformed data: URL (expected data:<mime>;base64,<data>)")
+    payload = source[match.end() :]
+    if len(payload) * 3 // 4 > limits.max_image_bytes:
+        raise InvalidInputError(_too_big(len(payload) * 3 // 4, limits))
+    if not match.group("b64"):
+        from urllib.parse import unquote_to_bytes
+
+        return unquote_to_bytes(payload)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InvalidInputError(f"image file not found: {path}") from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read image file {path}: {exc}") from exc
-    if not path.is_file():
-        raise InvalidInputError(f"image path is not a file: {path}")
-    if size > limits.max_image_bytes:
-        raise InvalidInputError(_too_big(size, limits))
-    return path.read_bytes()
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"data: URL holds invalid base64 (only A-Z a-z 0-9 + / = allowed): {exc}") from exc
 
 
 def _too_big(size: int, limits: InputLimits) -> str:
@@ -206,113 +285,276 @@ def _download(url: str, limits: InputLimits) -> bytes:
             if declared and declared.isdigit() and int(declared) > limits.max_image_bytes:
                 raise InvalidInputError(_too_big(int(declared), limits))
             data: bytes = resp.read(limits.max_image_bytes + 1)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         raise InvalidInputError(f"could not download image {url!r}: {exc}") from exc
     if len(data) > limits.max_image_bytes:
         raise InvalidInputError(_too_big(len(data), limits))
     return data
 
 
-def _open(data: bytes, limits: InputLimits) -> Image.Image:
-    if not data:
-        raise InvalidInputError("image is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise InvalidInputError(f"image refused as a decompression bomb: {exc}") from exc
-    except UnidentifiedImageError:
-        raise InvalidInputError("image could not be decoded: not a known image format") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidInputError(f"image could not be decoded: {exc}") from exc
-    _check_pixels(image.width, image.height, limits)
-    return image
-
-
-def _check_pixels(width: int, height: int, limits: InputLimits) -> None:
+def _check_pixels(width: int, height: int, limits: InputLimits, mode: str = "RGB") -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidInputError(f"image has an empty side ({width}x{height})")
     if width * height > limits.max_decoded_pixels:
         raise InvalidInputError(
             f"image is {width}x{height} = {width * height:,} pixels, more than the limit of "
             f"{limits.max_decoded_pixels:,} (possible decompression bomb; raise InputLimits.max_decoded_pixels "
             "to allow it)"
         )
-    if width <= 0 or height <= 0:
-        raise InvalidInputError(f"image has an empty side ({width}x{height})")
+    nbytes = width * height * _bytes_per_pixel(mode)
+    if nbytes > limits.max_image_memory:
+        raise InvalidInputError(
+            f"image is {width}x{height} in mode {mode}, {nbytes:,} bytes decoded, more than the limit of "
+            f"{limits.max_image_memory:,} (raise InputLimits.max_image_memory to allow it)"
+        )
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """First frame, EXIF orientation applied, RGB with transparency on white."""
+@contextmanager
+def _decoding(what: str = "image") -> Iterator[None]:
+    """The one place decoder failures become :class:`InvalidInputError` (original exception chained)."""
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except InvalidInputError:
+        raise
+    except MemoryError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(f"{what} refused as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInputError(
+            f"{what} could not be decoded: not a supported image format (supported: {', '.join(SUPPORTED_FORMATS)})"
+        ) from exc
+    except Exception as exc:  # any decoder failure: truncated data, corrupt EXIF, odd palettes, plug-in bugs
+        raise InvalidInputError(f"{what} could not be decoded ({type(exc).__name__}: {exc})") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """What an image's header says, before its pixels are decoded."""
+
+    image: Image.Image | None  # opened lazily (encoded sources) or in memory; None: re-read ``source`` to decode
+    orientation: int
+    size: tuple[int, int]  # (width, height) as displayed, after the EXIF orientation
+    owned: bool = False  # opened here from encoded bytes (so it may be decoded at a reduced scale)
+    source: Any = None
+
+    def light(self) -> _Header:
+        """Drop the encoded bytes of a path or data: URL (re-read at decode time), keep them otherwise."""
+        if isinstance(self.source, (str, Path)) and not str(self.source).startswith(("http://", "https://")):
+            return _Header(None, self.orientation, self.size, self.owned, self.source)
+        return self
+
+
+def _header(source: Any, limits: InputLimits) -> _Header:
+    """Open one image without decoding its pixels, and check its size in pixels and decoded bytes."""
+    owned = not isinstance(source, Image.Image)
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        image = _open_encoded(bytes(source), limits)
+    elif isinstance(source, (str, Path)):
+        image = _open_encoded(_read_bytes(source, limits), limits)
+    elif hasattr(source, "__array_interface__") or type(source).__module__.startswith("numpy"):
+        image = _from_array(source, limits)
+        owned = False
+    else:
+        raise InvalidInputError(
+            f"unsupported image type {type(source).__name__}: give a path, bytes, a data: URL, a PIL image "
+            "or a numpy array"
+        )
+    with _decoding():
+        _check_pixels(image.width, image.height, limits, image.mode)
+        # Pillow decodes a whole PNG to look for an eXIf chunk after the pixels: only one before them is read.
+        orientation = 1 if image.format == "PNG" and "exif" not in image.info else image.getexif().get(0x0112, 1)
+        if not isinstance(orientation, int) or orientation not in range(1, 9):
+            orientation = 1  # a nonsense orientation tag is ignored, as Pillow's exif_transpose does
+    width, height = image.size
+    size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return _Header(image, orientation, size, owned, source)
+
+
+def _open_encoded(data: bytes, limits: InputLimits) -> Image.Image:
+    if not data:
+        raise InvalidInputError("image is empty (0 bytes)")
+    if len(data) > limits.max_image_bytes:
+        raise InvalidInputError(_too_big(len(data), limits))
+    with _decoding():
+        return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+
+
+def _decode(header: _Header, target: tuple[int, int] | None = None) -> Image.Image:
+    """Decode to RGB (first frame, EXIF orientation, transparency on white), shrinking early toward ``target``.
+
+    ``target`` is the (width, height) the caller will resize to. A JPEG is decoded at a reduced DCT scale
+    (never below twice the target), and an image at least twice the target on both sides is box-reduced by
+    an integer factor while it is converted, strip by strip (:func:`_flatten`). Memory: the decoded image
+    (at most ``max_image_memory``) plus its RGB output (the same size at most, usually far smaller).
+    """
+    image = header.image
+    if image is None:
+        raise InvalidInputError("internal: image header without pixels")  # _merge re-reads light headers
+    with _decoding():
         if getattr(image, "is_animated", False):
             image.seek(0)
+        raw_target = None
+        if target is not None:
+            tw, th = target
+            raw_target = (th, tw) if header.orientation in (5, 6, 7, 8) else (tw, th)
+            if header.owned and image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
+                image.draft(image.mode, (2 * raw_target[0], 2 * raw_target[1]))
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-        if image.mode == "RGB":
-            return image
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-            canvas.paste(rgba, mask=rgba.getchannel("A"))
-            return canvas
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            image = image.point(lambda v: v / 256).convert("L")  # type: ignore[arg-type,operator]
-        return image.convert("RGB")
-    except Image.DecompressionBombError as exc:
-        raise InvalidInputError(f"image refused as a decompression bomb: {exc}") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidInputError(f"image could not be decoded: {exc}") from exc
+        factor = 1
+        if raw_target is not None:
+            factor = max(1, min(image.width // raw_target[0], image.height // raw_target[1]))
+        image = _flatten(image, factor)
+        transpose = _ORIENTATION.get(header.orientation)
+        return image.transpose(transpose) if transpose is not None else image
+
+
+_STRIP_PIXELS = 1 << 22
+"""Pixels converted at a time by :func:`_flatten` (16 MiB of RGBA)."""
+
+
+def _flatten(image: Image.Image, factor: int) -> Image.Image:
+    """RGB (alpha on white, 16-bit/float scaled to 8-bit), box-reduced by ``factor``, one strip at a time.
+
+    Converting or reducing a whole image at once would make full-size copies (Pillow premultiplies RGBA into
+    a copy before reducing); strips of about ``_STRIP_PIXELS`` keep the extra memory to the (reduced) output.
+    """
+    if image.mode == "RGB" and factor == 1:
+        return image
+    scale = _wide_scale(image) if image.mode in ("I", "F") else None
+    width, height = image.size
+    if width * height <= _STRIP_PIXELS:
+        rgb = _to_rgb(image, scale)
+        return rgb.reduce(factor) if factor > 1 else rgb
+    step = max(factor, _STRIP_PIXELS // width // factor * factor)
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)), (255, 255, 255))
+    for top in range(0, height, step):
+        piece = _to_rgb(image.crop((0, top, width, min(height, top + step))), scale)
+        out.paste(piece.reduce(factor) if factor > 1 else piece, (0, top // factor))
+    return out
+
+
+def _sixteen_to_l(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (any byte order) to 8-bit by its high byte: 0 -> 0, 32768 -> 128, 65535 -> 255."""
+    raw = image.tobytes()  # two bytes a pixel, in the mode's own byte order
+    high = 0 if image.mode == "I;16B" or (image.mode == "I;16N" and sys.byteorder == "big") else 1
+    return Image.frombytes("L", image.size, raw[high::2])
+
+
+def _wide_scale(image: Image.Image) -> tuple[float, float]:
+    """(offset, scale) taking 32-bit integer or float greyscale to 0..255: values already in 0..255 kept,
+    0..1 floats and 16-bit ranges scaled, anything else stretched from its minimum to its maximum."""
+    extrema = image.getextrema()
+    low, high = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InvalidInputError(f"{image.mode} image holds NaN or infinite values")
+    if low >= 0 and high <= 1 and image.mode == "F":
+        return 0.0, 255.0
+    if low >= 0 and high <= 255:
+        return 0.0, 1.0
+    if low >= 0 and high <= 65535:
+        return 0.0, 255 / 65535
+    return low, 255 / (high - low)
+
+
+def _to_rgb(image: Image.Image, scale: tuple[float, float] | None = None) -> Image.Image:
+    """RGB with transparency composited on white, as Qwen's loader does."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("La", "RGBa"):
+        image = image.convert("RGBA" if image.mode == "RGBa" else "LA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _sixteen_to_l(image)
+    elif image.mode in ("I", "F"):
+        offset, factor = scale if scale is not None else _wide_scale(image)
+        image = image.point(lambda v: (v - offset) * factor).convert("L")  # type: ignore[arg-type,operator]
+    return image.convert("RGB")
 
 
 def _from_array(array: Any, limits: InputLimits) -> Image.Image:
-    shape = getattr(array, "shape", None)
-    if shape is None or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+    try:
+        shape = tuple(int(n) for n in array.shape)
+        dtype = str(array.dtype)
+    except Exception as exc:
+        raise InvalidInputError(f"numpy image has no usable shape/dtype: {exc}") from exc
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
         raise InvalidInputError(f"numpy image must be HxW or HxWxC with C in 1, 3, 4; got shape {shape}")
-    _check_pixels(int(shape[1]), int(shape[0]), limits)
-    if str(getattr(array, "dtype", "")) != "uint8":
-        raise InvalidInputError(f"numpy image must have dtype uint8, got {getattr(array, 'dtype', None)}")
+    _check_pixels(shape[1], shape[0], limits, "RGBA" if len(shape) == 3 and shape[2] == 4 else "RGB")
+    if dtype != "uint8":
+        raise InvalidInputError(
+            f"numpy image must have dtype uint8 (values 0..255), got {dtype}; convert it first, "
+            "e.g. (array * 255).clip(0, 255).astype('uint8') for floats in 0..1"
+        )
     if len(shape) == 3 and shape[2] == 1:
         array = array[:, :, 0]
-    try:
-        image = Image.fromarray(array)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"numpy image could not be converted: {exc}") from exc
-    return _to_rgb(image)
+    with _decoding("numpy image"):
+        return Image.fromarray(array)
 
 
 def load_image(source: Any, *, limits: InputLimits = DEFAULT_LIMITS) -> Image.Image:
     """Load one image into an RGB PIL image, enforcing ``limits`` (no resize).
 
     Raises:
-        InvalidInputError: unsupported type, unreadable or oversized image, URL not allowed.
+        InvalidInputError: unsupported type, unreadable, undecodable or oversized image, URL not allowed.
 
     Example:
         >>> from PIL import Image
         >>> load_image(Image.new("RGBA", (4, 4))).mode
         'RGB'
     """
-    if isinstance(source, Image.Image):
-        _check_pixels(source.width, source.height, limits)
-        return _to_rgb(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        if len(data) > limits.max_image_bytes:
-            raise InvalidInputError(_too_big(len(data), limits))
-        return _to_rgb(_open(data, limits))
-    if isinstance(source, (str, Path)):
-        return _to_rgb(_open(_read_bytes(source, limits), limits))
-    if hasattr(source, "__array_interface__") or type(source).__module__.startswith("numpy"):
-        return _from_array(source, limits)
-    raise InvalidInputError(
-        f"unsupported image type {type(source).__name__}: give a path, bytes, a data: URL, a PIL image or a numpy array"
-    )
+    return _decode(_header(source, limits))
+
+
+def _merge_layout(
+    sizes: Sequence[tuple[int, int]], max_size: tuple[int, int]
+) -> tuple[tuple[int, int], list[tuple[int, int, int]]]:
+    """Canvas size and (x, width, height) of each image: padded to the tallest, side by side, fit in max_size."""
+    height = max(h for _, h in sizes)
+    width = sum(w for w, _ in sizes)
+    max_w, max_h = max_size
+    scale = min(1.0, max_w / width, max_h / height)
+    canvas = (max(1, round(width * scale)), max(1, round(height * scale)))
+    places, edge = [], 0
+    for w, h in sizes:
+        left, edge = round(edge * scale), edge + w
+        places.append((left, max(1, round(edge * scale) - left), max(1, round(h * scale))))
+    return canvas, places
+
+
+def _merge(headers: Sequence[_Header], max_size: tuple[int, int], limits: InputLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Merge images one at a time: each is decoded, shrunk to its share of the canvas, pasted, and dropped."""
+    (width, height), places = _merge_layout([h.size for h in headers], max_size)
+    _check_pixels(width, height, limits, "RGB")
+    merged = Image.new("RGB", (width, height), (255, 255, 255))
+    for header, (x, w, h) in zip(headers, places, strict=True):
+        if header.image is None:  # a path or data: URL: read again now, one image in memory at a time
+            fresh = _header(header.source, limits)
+            if fresh.size != header.size:
+                raise InvalidInputError(f"image changed while it was being read ({header.size} then {fresh.size})")
+            header = fresh
+        image = _decode(header, target=(w, h))
+        if image.size != (w, h):
+            image = image.resize((w, h), Image.Resampling.BICUBIC)
+        merged.paste(image, (x, 0))
+        del image
+    return merged
 
 
 def merge_images(images: Sequence[Image.Image], *, max_size: tuple[int, int] = (1024, 1024)) -> Image.Image:
     """Join images side by side the way the paper's data concatenation does.
 
     Shorter images are padded at the bottom with white to the tallest height, the row is concatenated
-    left to right, and the result is shrunk (aspect ratio kept) to fit in ``max_size``.
+    left to right, and the result is shrunk (aspect ratio kept) to fit in ``max_size``. Each image is shrunk
+    to its share of the final canvas *before* it is pasted, so no full-size canvas is ever built.
 
     Example:
         >>> from PIL import Image
@@ -322,27 +564,18 @@ def merge_images(images: Sequence[Image.Image], *, max_size: tuple[int, int] = (
     if not images:
         raise InvalidInputError("no images to merge")
     if len(images) == 1:
-        merged = images[0]
-    else:
-        height = max(im.height for im in images)
-        width = sum(im.width for im in images)
-        merged = Image.new("RGB", (width, height), (255, 255, 255))
-        x = 0
-        for im in images:
-            merged.paste(im.convert("RGB"), (x, 0))
-            x += im.width
-    max_w, max_h = max_size
-    if merged.width > max_w or merged.height > max_h:
-        scale = min(max_w / merged.width, max_h / merged.height)
-        merged = merged.resize(
-            (max(1, round(merged.width * scale)), max(1, round(merged.height * scale))),
-            Image.Resampling.BICUBIC,
-        )
-    return merged
+        merged = _to_rgb(images[0])
+        (width, height), _ = _merge_layout([merged.size], max_size)
+        return merged if merged.size == (width, height) else merged.resize((width, height), Image.Resampling.BICUBIC)
+    return _merge([_Header(im, 1, im.size) for im in images], max_size)
 
 
 def prepare_image(source: Any, *, limits: InputLimits = DEFAULT_LIMITS) -> Image.Image:
     """Load (and merge, for a list) then smart-resize: the image exactly as the model will see it.
+
+    Memory is bounded by bytes: every header is checked (pixels and decoded bytes) before any pixel is
+    decoded, the resize geometry is computed from the headers, and each image is shrunk to its share of
+    the result while it is decoded, one image at a time. See :func:`prepared_nbytes`.
 
     Example:
         >>> from PIL import Image
@@ -354,10 +587,19 @@ def prepare_image(source: Any, *, limits: InputLimits = DEFAULT_LIMITS) -> Image
             raise InvalidInputError("empty image list; pass None for no image")
         if len(source) > limits.max_images:
             raise InvalidInputError(f"{len(source)} images given, at most {limits.max_images} are merged")
-        loaded = [load_image(s, limits=limits) for s in source]
-        image = merge_images(loaded, max_size=limits.merge_max_size) if len(loaded) > 1 else loaded[0]
-    else:
-        image = load_image(source, limits=limits)
+        if len(source) > 1:
+            headers = [_header(s, limits).light() for s in source]
+            (canvas_w, canvas_h), _ = _merge_layout([h.size for h in headers], limits.merge_max_size)
+            smart_resize(canvas_h, canvas_w, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)  # aspect
+            return _smart_resized(_merge(headers, limits.merge_max_size, limits), limits)
+        source = source[0]
+    header = _header(source, limits)
+    width, height = header.size
+    target_h, target_w = smart_resize(height, width, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
+    return _smart_resized(_decode(header, target=(target_w, target_h)), limits)
+
+
+def _smart_resized(image: Image.Image, limits: InputLimits) -> Image.Image:
     height, width = smart_resize(image.height, image.width, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
     if (width, height) != image.size:
         image = image.resize((width, height), Image.Resampling.BICUBIC)

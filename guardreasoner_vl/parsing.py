@@ -108,8 +108,8 @@ def _plain_regions(text: str, offset: int) -> list[tuple[Source, str, int]]:
     """Regions of a tagless stretch (source, text, start offset in the output), most preferred first."""
     regions: list[tuple[Source, str, int]] = []
     last_answers = None
-    for last_answers in _ANSWERS.finditer(text):
-        pass
+    for match in _ANSWERS.finditer(text):
+        last_answers = match
     if last_answers is not None:
         regions.append(("answers", text[last_answers.end() :], offset + last_answers.start()))
     regions.append(("anywhere", text, offset + len(text)))
@@ -126,8 +126,8 @@ _VERDICT_LINE = re.compile(
 def _complete_answers(text: str, patterns: list[re.Pattern[str]]) -> bool:
     """A last ``Answers:`` block holding every expected key and nothing but verdict lines (text layout)."""
     last_answers = None
-    for last_answers in _ANSWERS.finditer(text):
-        pass
+    for match in _ANSWERS.finditer(text):
+        last_answers = match
     if last_answers is None:
         return False
     block = text[last_answers.end() :]

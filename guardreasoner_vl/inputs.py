@@ -7,13 +7,24 @@ checkpoints read one image per request.
 
 What happens to every image, in order:
 
-1. size checks before decoding: the encoded size must be at most ``max_image_bytes`` and the pixel
-   count in the header at most ``max_decoded_pixels`` (a decompression bomb is refused without
-   decoding it);
-2. decoding; an animated image (GIF, APNG, WebP) uses its **first frame**;
-3. EXIF orientation applied; converted to RGB (transparency composited on white, as Qwen's loader does);
+1. checks before decoding: the encoded size must be at most ``max_image_bytes``, and the header's pixel
+   count at most ``max_decoded_pixels`` and its decoded bytes at most ``max_image_memory`` (a decompression
+   bomb is refused without decoding it); only :data:`SUPPORTED_FORMATS` are opened. Files are read
+   non-blocking and must be regular files (a FIFO or device is refused, never waited on);
+2. decoding; an animated image (GIF, APNG, WebP) uses its **first frame**; a JPEG is decoded at a reduced
+   DCT scale when it is far larger than needed;
+3. converted to RGB (transparency composited on white, as Qwen's loader does; 16-bit greyscale by its high
+   byte, 32-bit and float greyscale scaled into 0..255), strip by strip, box-reduced on the way when the
+   image is at least twice its target size; then the EXIF orientation is applied;
 4. Qwen's smart resize: each side a multiple of 28, pixel count in ``[min_pixels, max_pixels]``
    (by default the reference inference bounds ``[4*28*28, 16384*28*28]``).
+
+Memory is bounded by bytes: for a list, the merge geometry is computed from the headers, and the images
+are decoded one at a time, each shrunk to its share of the merged canvas (itself checked against the
+limits). Preparing one request peaks at about ``2 * max_image_memory + 96 MiB`` whatever the number of
+images (tests/adversarial/test_images.py measures it). :func:`prepared_nbytes` gives the bytes a prepared
+image holds. Every failure to read or decode an image, of whatever type, is an :class:`InvalidInputError`
+saying what was wrong, with the original exception chained.
 """
 
 from __future__ import annotations

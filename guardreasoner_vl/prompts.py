@@ -303,8 +303,8 @@ class UserTurn:
         text: the request text, or None for an image-only request.
         has_image: whether the turn has the image slot (``<image>`` right after ``Human user:\\n``).
         response: the AI response, or None when the turn says ``None`` (no response).
-        image_slots: how many ``<image>`` markers the slot has (1 in every turn we render; the authors'
-            multi-image records can have more, side by side).
+        image_slots: how many ``<image>`` markers the slot has: 1 in every turn we render, 0 without an
+            image; more only when read with ``multi_image=True`` (the authors' multi-image records).
     """
 
     text: str | None
@@ -313,7 +313,9 @@ class UserTurn:
     image_slots: int = 0
 
 
-def parse_user_text(user_text: str, family: ModelFamily, *, has_image: bool | None = None) -> UserTurn:
+def parse_user_text(
+    user_text: str, family: ModelFamily, *, has_image: bool | None = None, multi_image: bool = False
+) -> UserTurn:
     """Invert :func:`vl_user_text` (VL) / :func:`text_input` (text): the one reader of a user turn.
 
     For every turn those functions render, rendering the result again gives the same string byte for byte
@@ -336,7 +338,9 @@ def parse_user_text(user_text: str, family: ModelFamily, *, has_image: bool | No
        leading ``<image>`` as text, ``True`` requires the slot. The text family has no image slot:
        ``<image>`` there is text.
     4. **Turns we did not render** are read leniently: a missing final newline (or, in the text family, one
-       newline instead of two) is accepted, and consecutive leading markers are counted in ``image_slots``.
+       newline instead of two) is accepted. With ``multi_image=True`` (the authors' multi-image records,
+       ``<image><image>\\n...``), consecutive leading markers are one slot, counted in ``image_slots``; that
+       reading is not an inverse of our renderer (which writes one marker), so it is off by default.
 
     Raises:
         InvalidInputError: the turn does not start with ``Human user:\\n``, has no separator, or lacks the
@@ -353,26 +357,25 @@ def parse_user_text(user_text: str, family: ModelFamily, *, has_image: bool | No
         raise InvalidInputError(
             f"a user turn must start with {USER_HEAD!r}; this one does not start with it: {user_text[:40]!r}"
         )
-    head, sep, tail = user_text[len(USER_HEAD) :].rpartition(RESPONSE_SEPARATOR)
+    body = user_text[len(USER_HEAD) :]
+    end = "\n" if family is ModelFamily.VL else "\n\n"
+    # The end first: a response ending in "\n\nAI assistant:" plus the end's newline must not make a separator.
+    if body.endswith(end):
+        body = body[: -len(end)]
+    elif body.endswith("\n"):
+        body = body[:-1]
+    head, sep, tail = body.rpartition(RESPONSE_SEPARATOR)
     if not sep:
         raise InvalidInputError(
             f"the user turn has no {RESPONSE_SEPARATOR!r} separator before the AI response: {user_text[:60]!r}"
         )
-    end = "\n" if family is ModelFamily.VL else "\n\n"
-    if tail.endswith(end):
-        tail = tail[: -len(end)]
-    elif tail.endswith("\n"):
-        tail = tail[:-1]
     response = None if tail == NO_RESPONSE else tail
-    slots = 0
     if family is ModelFamily.VL and has_image is not False:
-        rest = head
-        while rest.startswith(IMAGE_MARKER):
-            slots += 1
-            rest = rest[len(IMAGE_MARKER) :]
-        if slots and (rest == "" or rest.startswith("\n")):
+        rest, slots = head[len(IMAGE_MARKER) :], 1
+        while multi_image and rest.startswith(IMAGE_MARKER):
+            rest, slots = rest[len(IMAGE_MARKER) :], slots + 1
+        if head.startswith(IMAGE_MARKER) and (rest == "" or rest.startswith("\n")):
             return UserTurn(rest[1:] if rest else None, True, response, slots)
-        slots = 0
     if has_image:
         where = "the text family has no image slot" if family is ModelFamily.TEXT else "it has none"
         raise InvalidInputError(f"expected the image slot {USER_HEAD + IMAGE_MARKER!r} + newline; {where}")

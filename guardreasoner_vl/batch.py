@@ -14,7 +14,7 @@ Output: one JSON object per input row, in input order: ``{"id": ..., **GuardResu
 
 Guarantees:
 
-* **Checked before starting.** Lines that are not JSON objects (bad JSON, invalid UTF-8, JSON nested too
+* **Checked before starting.** Lines that are not JSON objects (bad JSON, not UTF-8, JSON nested too
   deeply, longer than :data:`MAX_LINE_BYTES`), missing or ill-typed ids and duplicate ids (``1`` and ``"1"``
   count as the same id) stop the job before any work, with every problem listed -- or, with
   ``skip_invalid`` (``--skip-invalid``), each such line becomes an ``invalid_input`` row with the line's
@@ -168,11 +168,15 @@ def _parse_row(raw: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
     """(the row, None) or (None, what is wrong with the line)."""
     if raw is None:
         return None, f"the line is longer than {MAX_LINE_BYTES} bytes"
+    try:  # UTF-8 only (json.loads would guess UTF-16/32 from NUL bytes); a byte-order mark is tolerated
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 ({exc})"
     try:
-        row = json.loads(raw)
+        row = json.loads(text)
     except RecursionError:
         return None, "not valid JSON (nested too deeply)"
-    except ValueError as exc:  # bad JSON, or bytes that are not UTF-8 (UnicodeDecodeError)
+    except ValueError as exc:
         return None, f"not valid JSON ({exc})"
     if not isinstance(row, dict):
         return None, f"a row must be a JSON object, got {type(row).__name__}"
@@ -494,6 +498,8 @@ def _judge(guard: Any, items: list[dict[str, Any]]) -> list[GuardResult]:
         logger.exception("a batch of %d row(s) failed", len(items))
         message = f"{type(exc).__name__}: {exc}"
     bad: dict[int, GuardResult] = {}
+    if not callable(getattr(guard, "prepare", None)):  # not a Guard: no way to tell the rows apart
+        return [_failure(guard, "engine_error", message) for _ in items]
     for index, item in enumerate(items):
         try:
             guard.prepare(item["text"], item["image"], response=item["response"])

@@ -104,8 +104,8 @@ def encode_line(row: Mapping[str, Any]) -> bytes:
 
 def _loads_object(raw: bytes) -> dict[str, Any] | None:
     """The JSON object on a line, or None when the line is not one (bad UTF-8, bad JSON, too deep, a list)."""
-    try:
-        value = json.loads(raw)
+    try:  # UTF-8 only: json.loads(bytes) would guess UTF-16/32 from NUL bytes
+        value = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return value if isinstance(value, dict) else None

@@ -72,6 +72,7 @@ HOSTILE: list[bytes | dict[str, Any]] = [
     {"id": "image-deep", "text": "x", "image": [[[["a.png"]]]]},
     {"id": "huge-text", "text": "x" * 300_000},  # over max_text_chars: invalid_input, not a crash
     {"id": "ok-2", "text": "what is the capital of France?"},
+    '{"id": "utf16", "text": "x"}'.encode("utf-16-le"),  # json.loads(bytes) would guess UTF-16 and accept it
 ]
 
 
@@ -84,7 +85,7 @@ def test_every_hostile_line_is_listed_and_nothing_is_judged(tmp_path: Path) -> N
     for expected in (
         "line 2: not valid JSON",
         "line 3: not valid JSON",
-        "line 5: not valid JSON",
+        "line 5: not valid UTF-8",
         "line 6: not valid JSON (nested too deeply)",
         "line 8: duplicate id 'ok-1' (first on line 1)",
         "line 10: duplicate id '1' (first on line 9)",
@@ -105,7 +106,7 @@ def test_skip_invalid_records_each_bad_line_and_judges_the_rest(tmp_path: Path) 
     assert len(rows) == len(HOSTILE) == summary.total == summary.written
     by_id = {str(r["id"]): r for r in rows}
     assert len(by_id) == len(rows)  # every output id is unique, so the file resumes
-    for number in (2, 3, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16, 18, 19):
+    for number in (2, 3, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16, 18, 19, 23):
         row = by_id[f"line:{number}"]
         assert row["status"] == "invalid_input" and row["line"] == number and row["flagged"] is True
         assert row["error"].startswith(f"line {number}: ")
@@ -115,7 +116,8 @@ def test_skip_invalid_records_each_bad_line_and_judges_the_rest(tmp_path: Path) 
         assert by_id[ok]["status"] == "ok", ok
     for bad in ("deep-value", "image-deep", "huge-text"):
         assert by_id[bad]["status"] == "invalid_input", bad
-    assert summary.malformed == 14 and not summary.all_failed
+    assert "not valid UTF-8" in by_id["line:5"]["error"]
+    assert summary.malformed == 15 and not summary.all_failed
     # A rerun (with or without retries) has nothing to do: malformed lines are done, and final.
     backend = FakeBackend()
     again = moderate_file(Guard(backend=backend), src, out, skip_invalid=True, retry_errors=True)
@@ -235,3 +237,10 @@ def test_special_files_and_folders_are_clear_errors(tmp_path: Path) -> None:
             pass
     with pytest.raises(InvalidInputError, match="not found"):
         scan_input(tmp_path / "missing.jsonl")
+
+
+def test_a_utf8_byte_order_mark_is_tolerated(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'\xef\xbb\xbf{"id": "a", "text": "hi"}\n')  # what some editors save
+    summary = moderate_file(Guard(backend=FakeBackend()), src, tmp_path / "out.jsonl")
+    assert summary.by_status == {"ok": 1}

@@ -408,8 +408,8 @@ def moderate_file(
 
             def flush(batch: list[tuple[Any, dict[str, Any] | _Malformed]]) -> None:
                 nonlocal flagged
-                items = [(i, item) for i, (_, item) in enumerate(batch) if isinstance(item, dict)]
-                judged = iter(_judge(guard, [item for _, item in items]) if items else [])
+                items = [item for _, item in batch if isinstance(item, dict)]
+                judged = iter(_judge(guard, items) if items else [])
                 lines = []
                 for row_id, item in batch:
                     if isinstance(item, _Malformed):
@@ -453,7 +453,6 @@ def moderate_file(
             if batch:
                 flush(batch)
             reordered = False
-            final = existing
             if not in_order:
                 final = _index_output(store, key_set)
                 if final.keys != keys:

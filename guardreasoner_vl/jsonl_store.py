@@ -28,7 +28,7 @@ Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "rows.jsonl"
     >>> with JsonlStore(path) as store:
-    ...     store.append([{"id": "a", "ok": True}, {"id": "b", "ok": False}])
+    ...     _ = store.append([{"id": "a", "ok": True}, {"id": "b", "ok": False}])
     >>> with JsonlStore(path) as store:
     ...     sorted(store.done_ids()), store.torn is None
     (['a', 'b'], True)

@@ -37,7 +37,7 @@ def _render(family: ModelFamily, turn: UserTurn) -> str:
     return text_input(turn.text, turn.response)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(text=maybe, response=maybe, has_image=st.booleans())
 def test_render_of_inverse_is_identity_vl(text: str | None, response: str | None, has_image: bool) -> None:
     if text is None and not has_image:
@@ -50,7 +50,7 @@ def test_render_of_inverse_is_identity_vl(text: str | None, response: str | None
     assert hinted.has_image is has_image and _render(ModelFamily.VL, hinted) == rendered
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(text=texts, response=maybe)
 def test_render_of_inverse_is_identity_text(text: str, response: str | None) -> None:
     rendered = text_input(text, response)
@@ -58,7 +58,7 @@ def test_render_of_inverse_is_identity_text(text: str, response: str | None) -> 
     assert not turn.has_image and _render(ModelFamily.TEXT, turn) == rendered
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(text=maybe, response=maybe, has_image=st.booleans(), family=st.sampled_from(list(ModelFamily)))
 def test_unambiguous_inputs_come_back_exactly(
     text: str | None, response: str | None, has_image: bool, family: ModelFamily

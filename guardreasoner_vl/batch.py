@@ -3,7 +3,9 @@
 Input: one JSON object per line with ``id`` (a string or an integer, unique), ``text``, and optionally
 ``image`` (a path -- relative paths are read from the input file's folder --, a ``data:`` URL, an ``http(s)``
 URL when URLs are allowed, or a list of those, merged side by side) and ``response`` (the AI's answer to
-judge as well). Other keys are ignored. Blank lines are skipped.
+judge as well). Other keys are ignored. Blank lines are skipped. ``-`` reads the input from stdin (and a
+FIFO works too): it is copied to a temporary file first, and relative image paths start from the working
+folder.
 
 Output: one JSON object per input row, in input order: ``{"id": ..., **GuardResult}`` (``flagged``,
 ``request``, ``response``, ``refusal``, ``status``, ``error``, ``reasoning``, ``raw_output``, ``model``,
@@ -12,15 +14,27 @@ Output: one JSON object per input row, in input order: ``{"id": ..., **GuardResu
 
 Guarantees:
 
-* **Checked before starting.** Lines that are not JSON objects, missing or ill-typed ids and duplicate ids
-  (``1`` and ``"1"`` count as the same id) stop the job before any work, with every problem listed.
-* **Durable per batch.** Each batch's rows are appended as whole lines, then flushed and fsync'ed; a crash
-  can leave at most one torn last line, which the next run cuts off.
+* **Checked before starting.** Lines that are not JSON objects (bad JSON, not UTF-8, JSON nested too
+  deeply, longer than :data:`MAX_LINE_BYTES`), missing or ill-typed ids and duplicate ids (``1`` and ``"1"``
+  count as the same id) stop the job before any work, with every problem listed -- or, with
+  ``skip_invalid`` (``--skip-invalid``), each such line becomes an ``invalid_input`` row with the line's
+  number in ``line`` and the id ``"line:<number>"`` (also for a duplicate: the first row keeps the id), and
+  the job goes on.
+* **One bad row never fails its neighbours.** A row that fails while it is prepared (any exception: an
+  unreadable image, a decoder failure) is that row's ``invalid_input``; the other rows of its batch are
+  judged. Only a failure of the engine itself makes a batch ``engine_error``.
+* **Durable per batch, one torn-tail rule.** The output is a :class:`~guardreasoner_vl.jsonl_store.JsonlStore`:
+  each batch's rows are appended as whole lines, then flushed and fsync'ed; a crash can leave at most one
+  torn last line, which the next run cuts off and reports (a warning, and ``BatchSummary.repaired``).
 * **Resumable.** Run the same command again after a crash or ``kill -9``: ids already in the output are
   skipped and the rest are judged, so in the end every input row is in the output exactly once. If the
   output is not in input order (the input was reordered, or ``retry_errors`` redid rows), it is rewritten
   in input order at the end (atomically: temporary file, fsync, rename).
+* **Retries that can end.** ``retry_errors`` judges again only rows whose status is in
+  :data:`RETRY_STATUSES` (``engine_error``); an ``invalid_input`` or ``parse_error`` row is final.
 * **One writer.** An advisory lock (POSIX) stops a second job from writing the same output file.
+* **Exit status.** The command exits 1 when the input had rows and none of them is ``ok`` in the output
+  (every row failed), 2 on a bad input or option, else 0.
 
 Example:
     >>> from guardreasoner_vl import Guard
@@ -37,18 +51,30 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import stat
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from guardreasoner_vl.errors import InvalidInputError, ParseError
+from guardreasoner_vl.jsonl_store import JsonlStore, StoreCorruptError, StoredRow
 from guardreasoner_vl.types import GuardResult
 
-__all__ = ["BatchSummary", "moderate_file", "register", "scan_input"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "RETRY_STATUSES",
+    "BatchSummary",
+    "moderate_file",
+    "readable_input",
+    "register",
+    "scan_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +86,7 @@ class BatchSummary:
     """What one :func:`moderate_file` run did.
 
     Attributes:
-        total: rows in the input.
+        total: rows in the input (malformed lines kept by ``skip_invalid`` included).
         skipped: rows already in the output from an earlier run (not judged again).
         written: rows judged and written by this run.
         by_status: rows written by this run, per result status (``ok``, ``parse_error`` ...).
@@ -69,6 +95,9 @@ class BatchSummary:
         reordered: whether the output was rewritten in input order at the end.
         elapsed_s: wall time of the run.
         output: the output file.
+        failed: rows of the whole output (earlier runs included) whose status is not ``ok``.
+        malformed: input lines recorded as ``invalid_input`` rows by ``skip_invalid`` (this run or earlier).
+        repaired: what was cut off the output on open (a torn last line of an interrupted run), or None.
     """
 
     total: int
@@ -80,6 +109,22 @@ class BatchSummary:
     reordered: bool = False
     elapsed_s: float = 0.0
     output: str = ""
+    failed: int = 0
+    malformed: int = 0
+    repaired: str | None = None
+
+    @property
+    def all_failed(self) -> bool:
+        """True when the input had rows and not one of them has an ``ok`` result in the output."""
+        return self.total > 0 and self.failed >= self.total
+
+
+RETRY_STATUSES = frozenset({"engine_error"})
+"""Statuses ``retry_errors`` judges again: only failures that can pass on a retry (the engine failed).
+``invalid_input`` (the row itself is bad) and ``parse_error`` (the model answered) are final."""
+
+MAX_LINE_BYTES = 256 * 1024 * 1024
+"""Longest input line read (a line holds at most a few data-URL images); a longer one is a malformed line."""
 
 
 def _key(value: Any) -> str | None:
@@ -91,146 +136,200 @@ def _key(value: Any) -> str | None:
     return str(value)
 
 
-def _lines(handle: IO[bytes]) -> Iterator[tuple[int, int, int, bytes]]:
-    """(line number, byte offset, byte length with the newline, line without its newline) of every line.
+def _lines(handle: IO[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line without its newline) of every line; None for a line longer than ``max_bytes``.
 
-    The last line has no newline when it is torn: then ``length == len(line)``.
+    A too-long line is skipped in chunks, so that it is never held in memory whole.
     """
-    offset = 0
-    for number, raw in enumerate(handle, start=1):
-        yield number, offset, len(raw), raw.rstrip(b"\r\n")
-        offset += len(raw)
+    number = 0
+    while True:
+        raw = handle.readline(max_bytes + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = handle.readline(1 << 20)
+            yield number, None
+            continue
+        yield number, raw.rstrip(b"\r\n")
 
 
-def scan_input(path: str | os.PathLike[str]) -> list[str]:
-    """Check an input file and return the keys of its ids, in order.
+@dataclass(frozen=True, slots=True)
+class _Malformed:
+    """An input line that is not a row, kept as an ``invalid_input`` row by ``skip_invalid``."""
+
+    id: Any
+    line: int
+    error: str
+
+
+def _parse_row(raw: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the row, None) or (None, what is wrong with the line)."""
+    if raw is None:
+        return None, f"the line is longer than {MAX_LINE_BYTES} bytes"
+    try:  # UTF-8 only (json.loads would guess UTF-16/32 from NUL bytes); a byte-order mark is tolerated
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 ({exc})"
+    try:
+        row = json.loads(text)
+    except RecursionError:
+        return None, "not valid JSON (nested too deeply)"
+    except ValueError as exc:
+        return None, f"not valid JSON ({exc})"
+    if not isinstance(row, dict):
+        return None, f"a row must be a JSON object, got {type(row).__name__}"
+    if "id" not in row:
+        return None, "no 'id'"
+    if _key(row["id"]) is None:
+        return None, f"'id' must be a non-empty string or an integer, got {_short(row['id'])}"
+    return row, None
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"a deeply nested {type(value).__name__}"
+    return text[:60]
+
+
+def _scan(path: Path, *, skip_invalid: bool, max_line_bytes: int) -> tuple[list[str], dict[str, _Malformed]]:
+    keys: list[str] = []
+    first_line: dict[str, int] = {}
+    problems: list[tuple[int, str]] = []
+    with path.open("rb") as handle:
+        for number, raw in _lines(handle, max_line_bytes):
+            if raw is not None and not raw.strip():
+                continue
+            row, problem = _parse_row(raw)
+            if row is not None:
+                key = str(row["id"])
+                if key in first_line:
+                    problem = f"duplicate id {_short(row['id'])} (first on line {first_line[key]})"
+                else:
+                    first_line[key] = number
+                    keys.append(key)
+                    continue
+            problems.append((number, problem or ""))
+            keys.append(f"line:{number}")  # where it goes in the output, if kept
+    if problems and not skip_invalid:
+        more = f"\n  ... and {len(problems) - _MAX_PROBLEMS} more" if len(problems) > _MAX_PROBLEMS else ""
+        raise InvalidInputError(
+            f"{path}: {len(problems)} problem(s) in the input, nothing was judged "
+            "(--skip-invalid records them as invalid_input rows and goes on):\n  "
+            + "\n  ".join(f"line {n}: {p}" for n, p in problems[:_MAX_PROBLEMS])
+            + more
+        )
+    malformed: dict[str, _Malformed] = {}
+    for number, problem in problems:
+        key = f"line:{number}"
+        if key in first_line:
+            raise InvalidInputError(
+                f"{path} line {number} is malformed, and its place-holder id {key!r} is a real id on line "
+                f"{first_line[key]}; fix the line or rename that id"
+            )
+        malformed[key] = _Malformed(key, number, f"line {number}: {problem}")
+    return keys, malformed
+
+
+def scan_input(path: str | os.PathLike[str], *, skip_invalid: bool = False) -> list[str]:
+    """Check an input file and return the keys of its rows, in order.
+
+    With ``skip_invalid``, a line that is not a row (not JSON, not an object, no or a bad ``id``, a duplicate
+    id, longer than :data:`MAX_LINE_BYTES`) does not stop the job: its key is ``"line:<number>"``, the id its
+    ``invalid_input`` row gets in the output.
 
     Raises:
-        InvalidInputError: listing every line that is not a JSON object with a valid, unique ``id``.
+        InvalidInputError: the file cannot be read; without ``skip_invalid``, listing every malformed line.
     """
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"input file not found: {path}")
-    keys: list[str] = []
-    first_line: dict[str, int] = {}
-    problems: list[str] = []
-    with path.open("rb") as handle:
-        for number, _, _, raw in _lines(handle):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except ValueError as exc:
-                problems.append(f"line {number}: not valid JSON ({exc})")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"line {number}: a row must be a JSON object, got {type(row).__name__}")
-                continue
-            if "id" not in row:
-                problems.append(f"line {number}: no 'id'")
-                continue
-            key = _key(row["id"])
-            if key is None:
-                problems.append(f"line {number}: 'id' must be a non-empty string or an integer, got {row['id']!r:.60}")
-                continue
-            if key in first_line:
-                problems.append(f"line {number}: duplicate id {row['id']!r:.60} (first on line {first_line[key]})")
-                continue
-            first_line[key] = number
-            keys.append(key)
-    if problems:
-        more = f"\n  ... and {len(problems) - _MAX_PROBLEMS} more" if len(problems) > _MAX_PROBLEMS else ""
-        raise InvalidInputError(
-            f"{path}: {len(problems)} problem(s) in the input, nothing was judged:\n  "
-            + "\n  ".join(problems[:_MAX_PROBLEMS])
-            + more
-        )
-    return keys
+    return _scan(path, skip_invalid=skip_invalid, max_line_bytes=MAX_LINE_BYTES)[0]
+
+
+@contextlib.contextmanager
+def readable_input(path: str | os.PathLike[str], spool_dir: str | os.PathLike[str]) -> Iterator[tuple[Path, Path]]:
+    """``(a regular file with the input, the folder relative image paths start from)``.
+
+    ``-`` (stdin) and a FIFO can be read only once, so they are copied into a temporary file in ``spool_dir``
+    first (removed afterwards); relative image paths then start from the working folder (stdin) or the
+    FIFO's folder. A regular file is used as it is.
+
+    Raises:
+        InvalidInputError: no such file, or a folder or device that is not a stream of lines.
+    """
+    if str(path) != "-":
+        source = Path(path)
+        try:
+            mode = source.stat().st_mode
+        except OSError as exc:
+            raise InvalidInputError(f"input file not found: {source} ({exc.strerror})") from None
+        if stat.S_ISREG(mode):
+            yield source, source.resolve().parent
+            return
+        if not stat.S_ISFIFO(mode):
+            raise InvalidInputError(f"{source} is not a regular file, a FIFO or '-' (stdin)")
+    spool_dir = Path(spool_dir)
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".moderate-file-input.", suffix=".spool", dir=spool_dir)
+    spooled = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            if str(path) == "-":
+                shutil.copyfileobj(sys.stdin.buffer, dst, 1 << 20)
+                base = Path.cwd()
+            else:
+                with Path(path).open("rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                base = Path(path).resolve().parent
+        yield spooled, base
+    finally:
+        spooled.unlink(missing_ok=True)
 
 
 @dataclass(slots=True)
 class _Output:
-    """What an existing output file holds: ids in file order and where each line is."""
+    """What an existing output file holds: its rows in file order, by key, and their statuses."""
 
     keys: list[str] = field(default_factory=list)
-    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    rows: dict[str, StoredRow] = field(default_factory=dict)
     statuses: dict[str, str] = field(default_factory=dict)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _recover_output(path: Path, input_keys: set[str]) -> _Output:
-    """Cut a torn last line off ``path`` and index its rows.
+def _index_output(store: JsonlStore, input_keys: set[str]) -> _Output:
+    """Index the rows of the output (after the store cut a torn tail).
 
     Raises:
-        InvalidInputError: a complete line is not a row of ours, an id is not in the input, or repeats.
+        InvalidInputError: a line is not a row of ours, an id is not in the input, or repeats.
     """
     out = _Output()
-    if not path.exists():
-        return out
-    with path.open("r+b") as handle:
-        good_end = 0
-        for number, offset, length, raw in _lines(handle):
-            if length == len(raw):
-                break  # no newline: a torn last line, cut off below
-            line_end = offset + length
-            if not raw.strip():
-                good_end = line_end
-                continue
-            try:
-                row = json.loads(raw)
-                key = _key(row["id"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidInputError(
-                    f"{path}, line {number}: not a row written by moderate-file ({exc}); "
-                    "use another output file, or --overwrite to start again"
-                ) from None
+    try:
+        for stored in store.rows():
+            row = stored.data
+            key = _key(row.get("id"))
             if key is None or key not in input_keys:
                 raise InvalidInputError(
-                    f"{path}, line {number}: id {row.get('id')!r:.60} is not in the input; this output belongs to "
-                    "another input. Use another output file, or --overwrite to start again"
+                    f"{store.path}, line {stored.line}: id {_short(row.get('id'))} is not in the input; this output "
+                    "belongs to another input. Use another output file, or --overwrite to start again"
                 )
-            if key in out.spans:
-                raise InvalidInputError(f"{path}, line {number}: id {row['id']!r:.60} appears twice in the output")
+            if key in out.rows:
+                raise InvalidInputError(f"{store.path}, line {stored.line}: id {_short(row['id'])} appears twice")
             out.keys.append(key)
-            out.spans[key] = (offset, line_end - offset)
+            out.rows[key] = stored
             out.statuses[key] = str(row.get("status", ""))
-            good_end = line_end
-        size = handle.seek(0, os.SEEK_END)
-        if size > good_end:
-            logger.warning(
-                "%s: cutting off a torn last line (%d bytes) left by an interrupted run", path, size - good_end
-            )
-            handle.truncate(good_end)
-            handle.flush()
-            os.fsync(handle.fileno())
+    except StoreCorruptError as exc:
+        raise InvalidInputError(
+            f"{exc}: not a row written by moderate-file; use another output file, or --overwrite to start again"
+        ) from None
     return out
 
 
-def _rewrite(path: Path, order: list[str], spans: dict[str, tuple[int, int]]) -> None:
-    """Write the lines of ``order`` (read from ``path`` at ``spans``) to ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with path.open("rb") as src, tmp.open("wb") as dst:
-        for key in order:
-            offset, length = spans[key]
-            src.seek(offset)
-            dst.write(src.read(length))
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _resolve_image(value: Any, base: Path) -> Any:
-    if isinstance(value, list):
-        return [_resolve_image(v, base) for v in value]
+    if isinstance(value, list):  # one level: a list of images; anything deeper is the guard's to refuse
+        return [_resolve_image(v, base) if isinstance(v, str) else v for v in value]
     if isinstance(value, str) and value and not value.startswith(("data:", "http://", "https://")):
         if "://" in value[:16]:
             return value  # an unsupported scheme: the guard says so
@@ -239,34 +338,8 @@ def _resolve_image(value: Any, base: Path) -> Any:
     return value
 
 
-def _row_line(row_id: Any, result: GuardResult) -> bytes:
-    data = {"id": row_id, **result.model_dump(mode="json")}
-    text = json.dumps(data, ensure_ascii=False)
-    # Keep each row on one line for every reader: U+2028/U+2029 split lines in some (str.splitlines).
-    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return (text + "\n").encode("utf-8")
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``.<name>.lock`` beside ``path`` (POSIX; no lock elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory lock
-        yield
-        return
-    lock_path = path.with_name(f".{path.name}.lock")
-    with lock_path.open("ab") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InvalidInputError(f"another moderate-file job is writing {path}; wait for it or stop it") from None
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                lock_path.unlink()
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def _row_data(row_id: Any, result: GuardResult, **extra: Any) -> dict[str, Any]:
+    return {"id": row_id, **result.model_dump(mode="json"), **extra}
 
 
 def moderate_file(
@@ -277,6 +350,9 @@ def moderate_file(
     batch_size: int = 16,
     overwrite: bool = False,
     retry_errors: bool = False,
+    skip_invalid: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    image_base: str | os.PathLike[str] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> BatchSummary:
@@ -284,11 +360,16 @@ def moderate_file(
 
     Args:
         guard: the :class:`~guardreasoner_vl.Guard` that judges.
-        input_path: the input JSONL.
+        input_path: the input JSONL; ``-`` reads stdin (see :func:`readable_input`).
         output_path: the output JSONL; if it exists, the run resumes it (ids already there are skipped).
         batch_size: rows per engine call, and per durable write.
         overwrite: start again: empty the output first.
-        retry_errors: judge again the rows the output holds with ``status="engine_error"``.
+        retry_errors: judge again the rows the output holds with a status in :data:`RETRY_STATUSES`.
+        skip_invalid: record malformed input lines as ``invalid_input`` rows (id ``"line:<number>"`` when the
+            line has no valid id of its own) instead of stopping before any work.
+        max_line_bytes: longest input line read; a longer one is malformed.
+        image_base: where relative image paths start (default: the input file's folder; stdin: the working
+            folder).
         on_start: called once before judging with ``(rows in the input, rows already done)``.
         on_batch: called after each durable write with ``(rows written so far, rows flagged so far)``.
 
@@ -301,79 +382,86 @@ def moderate_file(
     if batch_size < 1:
         raise InvalidInputError("batch_size must be at least 1")
     start = time.perf_counter()
-    source = Path(input_path)
     target = Path(output_path)
-    if target.exists() and source.exists() and os.path.samefile(source, target):
-        raise InvalidInputError("the output file must not be the input file")
-    keys = scan_input(source)
-    key_set = set(keys)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target):
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a run killed while rewriting
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        if overwrite or not target.exists():
-            with target.open("wb") as fresh:
-                fresh.flush()
-                os.fsync(fresh.fileno())
-            _fsync_dir(target.parent)
-        existing = _recover_output(target, key_set)
-        retried = 0
-        if retry_errors:
-            redo = {k for k in existing.keys if existing.statuses.get(k) == "engine_error"}
-            if redo:
-                _rewrite(target, [k for k in existing.keys if k not in redo], existing.spans)
-                retried = len(redo)
-                existing = _recover_output(target, key_set)
-        done = set(existing.spans)
-        in_order = existing.keys == keys[: len(existing.keys)]
-        if on_start is not None:
-            on_start(len(keys), len(done))
-        counts: Counter[str] = Counter()
-        flagged = 0
-        written = 0
-        base = source.resolve().parent
-        with target.open("ab") as out:
+    with readable_input(input_path, target.parent) as (source, default_base):
+        base = Path(image_base) if image_base is not None else default_base
+        if target.exists() and os.path.samefile(source, target):
+            raise InvalidInputError("the output file must not be the input file")
+        keys, malformed = _scan(source, skip_invalid=skip_invalid, max_line_bytes=max_line_bytes)
+        key_set = set(keys)
+        with JsonlStore(target, fresh=overwrite, owner="moderate-file") as store:
+            existing = _index_output(store, key_set)
+            retried = 0
+            if retry_errors:
+                redo = {k for k in existing.keys if existing.statuses.get(k) in RETRY_STATUSES}
+                if redo:
+                    store.rewrite(existing.rows[k] for k in existing.keys if k not in redo)
+                    retried = len(redo)
+                    existing = _index_output(store, key_set)
+            done = set(existing.rows)
+            in_order = existing.keys == keys[: len(existing.keys)]
+            if on_start is not None:
+                on_start(len(keys), len(done))
+            counts: Counter[str] = Counter()
+            flagged = 0
+            model = str(getattr(guard, "model_id", ""))
 
-            def flush(batch: list[tuple[Any, dict[str, Any]]]) -> None:
-                nonlocal flagged, written
-                results = _judge(guard, [item for _, item in batch])
-                data = b"".join(_row_line(row_id, r) for (row_id, _), r in zip(batch, results, strict=True))
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-                for r in results:
-                    counts[r.status] += 1
-                    flagged += int(r.flagged)
-                written += len(batch)
+            def flush(batch: list[tuple[Any, dict[str, Any] | _Malformed]]) -> None:
+                nonlocal flagged
+                items = [item for _, item in batch if isinstance(item, dict)]
+                judged = iter(_judge(guard, items) if items else [])
+                lines = []
+                for row_id, item in batch:
+                    if isinstance(item, _Malformed):
+                        result = GuardResult(flagged=True, status="invalid_input", error=item.error, model=model)
+                        lines.append(_row_data(row_id, result, line=item.line))
+                    else:
+                        result = next(judged)
+                        lines.append(_row_data(row_id, result))
+                    counts[result.status] += 1
+                    flagged += int(result.flagged)
+                store.append(lines)
                 if on_batch is not None:
-                    on_batch(written, flagged)
+                    on_batch(store.appended, flagged)
 
-            batch: list[tuple[Any, dict[str, Any]]] = []
+            batch: list[tuple[Any, dict[str, Any] | _Malformed]] = []
+            seen: set[str] = set()
             with source.open("rb") as handle:
-                for _, _, _, raw in _lines(handle):
-                    if not raw.strip():
+                for number, raw in _lines(handle, max_line_bytes):
+                    if raw is not None and not raw.strip():
                         continue
-                    row = json.loads(raw)
-                    if str(row["id"]) in done:
+                    row, _ = _parse_row(raw)
+                    key = str(row["id"]) if row is not None else f"line:{number}"
+                    if row is not None and key in seen:  # a duplicate: its line is the malformed one
+                        key = f"line:{number}"
+                    seen.add(key)
+                    if key in done:
                         continue
-                    item = {
-                        "text": row.get("text"),
-                        "image": _resolve_image(row.get("image"), base),
-                        "response": row.get("response"),
-                    }
-                    batch.append((row["id"], item))
+                    if key in malformed:
+                        batch.append((key, malformed[key]))
+                    else:
+                        assert row is not None
+                        item = {
+                            "text": row.get("text"),
+                            "image": _resolve_image(row.get("image"), base),
+                            "response": row.get("response"),
+                        }
+                        batch.append((row["id"], item))
                     if len(batch) >= batch_size:
                         flush(batch)
                         batch = []
             if batch:
                 flush(batch)
-        reordered = False
-        if not in_order:
-            final = _recover_output(target, key_set)
-            if final.keys != keys:
-                _rewrite(target, [k for k in keys if k in final.spans], final.spans)
-                reordered = True
+            reordered = False
+            if not in_order:
+                final = _index_output(store, key_set)
+                if final.keys != keys:
+                    store.rewrite(final.rows[k] for k in keys if k in final.rows)
+                    reordered = True
+            failed = sum(1 for k in done if existing.statuses.get(k) != "ok")
+            failed += sum(n for status, n in counts.items() if status != "ok")
+            repaired = store.torn.describe() if store.torn is not None else None
+            written = store.appended
     return BatchSummary(
         total=len(keys),
         skipped=len(done),
@@ -384,24 +472,66 @@ def moderate_file(
         reordered=reordered,
         elapsed_s=round(time.perf_counter() - start, 3),
         output=str(target),
+        failed=failed,
+        malformed=len(malformed),
+        repaired=repaired,
     )
 
 
+def _failure(guard: Any, status: Literal["invalid_input", "engine_error"], message: str) -> GuardResult:
+    return GuardResult(flagged=True, status=status, error=message, model=str(getattr(guard, "model_id", "")))
+
+
 def _judge(guard: Any, items: list[dict[str, Any]]) -> list[GuardResult]:
-    """One engine call; never raises for one batch's failure (every row records it instead)."""
+    """One engine call; never raises for one batch's failure, and one bad row never fails its neighbours.
+
+    When the call raises, each row is prepared alone: a row that fails there (with any exception) is that
+    row's ``invalid_input``, and the other rows are judged again without it. When every row prepares, the
+    engine failed: every row records ``engine_error`` (retried by ``--retry-errors``).
+    """
     try:
-        return list(guard.moderate_batch(items))
-    except ParseError as exc:  # on_parse_error="raise": the results are all there
-        if exc.results is not None:
-            return list(exc.results)
-        message = str(exc)
+        return _call(guard, items)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
         logger.exception("a batch of %d row(s) failed", len(items))
         message = f"{type(exc).__name__}: {exc}"
-    model = str(getattr(guard, "model_id", ""))
-    return [GuardResult(flagged=True, status="engine_error", error=message, model=model) for _ in items]
+    bad: dict[int, GuardResult] = {}
+    if not callable(getattr(guard, "prepare", None)):  # not a Guard: no way to tell the rows apart
+        return [_failure(guard, "engine_error", message) for _ in items]
+    for index, item in enumerate(items):
+        try:
+            guard.prepare(item["text"], item["image"], response=item["response"])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except InvalidInputError as exc:
+            bad[index] = _failure(guard, "invalid_input", str(exc))
+        except Exception as exc:
+            bad[index] = _failure(guard, "invalid_input", f"{type(exc).__name__}: {exc}")
+    if not bad:
+        return [_failure(guard, "engine_error", message) for _ in items]
+    rest = [i for i in range(len(items)) if i not in bad]
+    again: list[GuardResult] = []
+    if rest:
+        try:
+            again = _call(guard, [items[i] for i in rest])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            logger.exception("a batch of %d row(s) failed again without its bad rows", len(rest))
+            again = [_failure(guard, "engine_error", f"{type(exc).__name__}: {exc}") for _ in rest]
+    results = dict(bad)
+    results.update(zip(rest, again, strict=True))
+    return [results[i] for i in range(len(items))]
+
+
+def _call(guard: Any, items: list[dict[str, Any]]) -> list[GuardResult]:
+    try:
+        return list(guard.moderate_batch(items))
+    except ParseError as exc:  # on_parse_error="raise": the results are all there
+        if exc.results is not None:
+            return list(exc.results)
+        raise
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -420,7 +550,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("input", help="input JSONL (rows with id, text, optional image and response)")
     parser.add_argument("-o", "--output", required=True, help="output JSONL (resumed when it exists)")
     parser.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
-    parser.add_argument("--retry-errors", action="store_true", help="judge again rows that failed with engine_error")
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="judge again rows that failed with engine_error (invalid_input and parse_error rows are final)",
+    )
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="record malformed input lines as invalid_input rows (id 'line:<number>') instead of stopping",
+    )
     parser.add_argument("--allow-image-urls", action="store_true", help="download http(s) image URLs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -433,50 +572,53 @@ def _cmd_moderate_file(args: argparse.Namespace) -> int:
 
     from guardreasoner_vl.cli import guard_from_args
 
-    keys = scan_input(args.input)  # fail fast, before loading a model
-    with guard_from_args(args) as guard:
-        if args.allow_image_urls:
-            guard = guard.with_options(limits=replace(guard.limits, allow_urls=True))
-        show = not args.no_progress and sys.stderr.isatty()
-        progress_cm: Any = contextlib.nullcontext()
-        start: Callable[[int, int], None] | None = None
-        update: Callable[[int, int], None] | None = None
-        if show:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with readable_input(args.input, Path(args.output).parent) as (source, base):
+        keys = scan_input(source, skip_invalid=args.skip_invalid)  # fail fast, before loading a model
+        with guard_from_args(args) as guard:
+            if args.allow_image_urls:
+                guard = guard.with_options(limits=replace(guard.limits, allow_urls=True))
+            show = not args.no_progress and sys.stderr.isatty()
+            progress_cm: Any = contextlib.nullcontext()
+            start: Callable[[int, int], None] | None = None
+            update: Callable[[int, int], None] | None = None
+            if show:
+                from rich.console import Console
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            progress = Progress(
-                TextColumn("[bold]moderating[/]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[flagged]} flagged"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            progress_cm = progress
-            task = progress.add_task("rows", total=len(keys), flagged=0)
-            already = [0]
+                progress = Progress(
+                    TextColumn("[bold]moderating[/]"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[flagged]} flagged"),
+                    TimeRemainingColumn(),
+                    console=Console(stderr=True),
+                )
+                progress_cm = progress
+                task = progress.add_task("rows", total=len(keys), flagged=0)
+                already = [0]
 
-            def start(total: int, skipped: int) -> None:
-                already[0] = skipped
-                progress.update(task, total=total, completed=skipped)
+                def start(total: int, skipped: int) -> None:
+                    already[0] = skipped
+                    progress.update(task, total=total, completed=skipped)
 
-            def update(written: int, flagged: int) -> None:
-                progress.update(task, completed=already[0] + written, flagged=flagged)
+                def update(written: int, flagged: int) -> None:
+                    progress.update(task, completed=already[0] + written, flagged=flagged)
 
-        with progress_cm:
-            summary = moderate_file(
-                guard,
-                args.input,
-                args.output,
-                batch_size=args.batch_size,
-                overwrite=args.overwrite,
-                retry_errors=args.retry_errors,
-                on_start=start,
-                on_batch=update,
-            )
+            with progress_cm:
+                summary = moderate_file(
+                    guard,
+                    source,
+                    args.output,
+                    image_base=base,
+                    batch_size=args.batch_size,
+                    overwrite=args.overwrite,
+                    retry_errors=args.retry_errors,
+                    skip_invalid=args.skip_invalid,
+                    on_start=start,
+                    on_batch=update,
+                )
     if args.json:
-        print(json.dumps(asdict(summary)))
+        print(json.dumps({**asdict(summary), "all_failed": summary.all_failed}))
     else:
         statuses = ", ".join(f"{k}={v}" for k, v in sorted(summary.by_status.items())) or "nothing to do"
         print(
@@ -484,4 +626,12 @@ def _cmd_moderate_file(args: argparse.Namespace) -> int:
             f"skipped {summary.skipped} already done, {summary.total} in all, {summary.elapsed_s:.1f}s",
             file=sys.stderr,
         )
+        if summary.repaired:
+            print(f"{summary.output}: {summary.repaired}", file=sys.stderr)
+    if summary.all_failed:
+        print(
+            f"error: every row failed ({summary.failed} of {summary.total} not ok); see {summary.output}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -34,7 +34,10 @@ __all__ = [
     "ModelFamily",
     "PromptPart",
     "RenderedPrompt",
+    "UserTurn",
+    "chat_messages",
     "detect_family",
+    "parse_user_text",
     "render_prompt",
     "render_text_prompt",
     "render_vl_prompt",
@@ -151,20 +154,8 @@ class RenderedPrompt:
             raise InvalidInputError("the text family is prompted with one raw string, not chat messages")
         if self.has_image and image_url is None:
             raise InvalidInputError("this prompt has an image: pass image_url")
-        before, sep, after = self.user_text.partition(IMAGE_MARKER) if self.has_image else ("", "", "")
-        content: list[dict[str, Any]]
-        if sep:
-            content = [
-                {"type": "text", "text": before},
-                {"type": "image_url", "image_url": {"url": image_url}},
-                {"type": "text", "text": after},
-            ]
-        else:
-            content = [{"type": "text", "text": self.user_text}]
-        return [
-            {"role": "system", "content": VL_INSTRUCTION},
-            {"role": "user", "content": content},
-        ]
+        image_part = {"type": "image_url", "image_url": {"url": image_url}} if self.has_image else None
+        return chat_messages(self.user_text, has_image=self.has_image, image_part=image_part)
 
 
 def _check_text(name: str, value: str | None) -> None:
@@ -293,3 +284,134 @@ def detect_family(model: str | Path, *, model_type: str | None = None) -> ModelF
     raise InvalidInputError(
         f"cannot tell the model family of {name!r} (model_type={model_type!r}); pass family='vl' or family='text'"
     )
+
+
+# -- the inverse of the user-turn layout, and the one chat-message builder ---------------------------------
+
+USER_HEAD = "Human user:\n"
+"""How every user turn starts (both families)."""
+
+RESPONSE_SEPARATOR = "\n\nAI assistant:\n"
+"""What separates the request from the response in a user turn (both families)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserTurn:
+    """A user turn read back into what it was rendered from (see :func:`parse_user_text`).
+
+    Attributes:
+        text: the request text, or None for an image-only request.
+        has_image: whether the turn has the image slot (``<image>`` right after ``Human user:\\n``).
+        response: the AI response, or None when the turn says ``None`` (no response).
+        image_slots: how many ``<image>`` markers the slot has: 1 in every turn we render, 0 without an
+            image; more only when read with ``multi_image=True`` (the authors' multi-image records).
+    """
+
+    text: str | None
+    has_image: bool
+    response: str | None
+    image_slots: int = 0
+
+
+def parse_user_text(
+    user_text: str, family: ModelFamily, *, has_image: bool | None = None, multi_image: bool = False
+) -> UserTurn:
+    """Invert :func:`vl_user_text` (VL) / :func:`text_input` (text): the one reader of a user turn.
+
+    For every turn those functions render, rendering the result again gives the same string byte for byte
+    (``vl_user_text(t.text, t.response, has_image=t.has_image) == user_text``). The layout is
+    ``Human user:\\n[<image>[\\n{text}] | {text}]\\n\\nAI assistant:\\n{response}`` followed by ``\\n`` (VL)
+    or ``\\n\\n`` (text). Some turns can be rendered from more than one input; the rules, in order:
+
+    1. **The response is after the last separator.** A request or a response can itself contain
+       ``"\\n\\nAI assistant:\\n"`` (a forged transcript in a jailbreak, a quoted dialogue in an answer); then
+       the split is ambiguous, and we split at the *last* one: the response of a turn with no response is
+       ``None``, which never contains the separator, so a request quoting a transcript still reads back as
+       "no response" (splitting at the first would invent one). The cost: a response that contains the
+       separator reads back with its part before the last one moved into the request. Either way the
+       string, hence the model's prompt, is the same.
+    2. **``None`` is no response.** A response that is literally ``None`` renders like no response, and reads
+       back as no response.
+    3. **A leading ``<image>`` is the image slot** (VL family), when it is followed by the separator (image
+       only) or by a newline; a request text that itself starts with ``<image>\\n`` therefore reads back as an
+       image request. Pass ``has_image`` when the record says whether it has an image: ``False`` reads a
+       leading ``<image>`` as text, ``True`` requires the slot. The text family has no image slot:
+       ``<image>`` there is text.
+    4. **Turns we did not render** are read leniently: a missing final newline (or, in the text family, one
+       newline instead of two) is accepted. With ``multi_image=True`` (the authors' multi-image records,
+       ``<image><image>\\n...``), consecutive leading markers are one slot, counted in ``image_slots``; that
+       reading is not an inverse of our renderer (which writes one marker), so it is off by default.
+
+    Raises:
+        InvalidInputError: the turn does not start with ``Human user:\\n``, has no separator, or lacks the
+            image slot that ``has_image=True`` asks for.
+
+    Example:
+        >>> parse_user_text("Human user:\\n<image>\\nWhat is it?\\n\\nAI assistant:\\nNone\\n", ModelFamily.VL)
+        UserTurn(text='What is it?', has_image=True, response=None, image_slots=1)
+    """
+    if not isinstance(user_text, str):
+        raise InvalidInputError(f"a user turn must be a string, got {type(user_text).__name__}")
+    family = ModelFamily(family)
+    if not user_text.startswith(USER_HEAD):
+        raise InvalidInputError(
+            f"a user turn must start with {USER_HEAD!r}; this one does not start with it: {user_text[:40]!r}"
+        )
+    body = user_text[len(USER_HEAD) :]
+    end = "\n" if family is ModelFamily.VL else "\n\n"
+    # The end first: a response ending in "\n\nAI assistant:" plus the end's newline must not make a separator.
+    if body.endswith(end):
+        body = body[: -len(end)]
+    elif body.endswith("\n"):
+        body = body[:-1]
+    head, sep, tail = body.rpartition(RESPONSE_SEPARATOR)
+    if not sep:
+        raise InvalidInputError(
+            f"the user turn has no {RESPONSE_SEPARATOR!r} separator before the AI response: {user_text[:60]!r}"
+        )
+    response = None if tail == NO_RESPONSE else tail
+    if family is ModelFamily.VL and has_image is not False:
+        rest, slots = head[len(IMAGE_MARKER) :], 1
+        while multi_image and rest.startswith(IMAGE_MARKER):
+            rest, slots = rest[len(IMAGE_MARKER) :], slots + 1
+        if head.startswith(IMAGE_MARKER) and (rest == "" or rest.startswith("\n")):
+            return UserTurn(rest[1:] if rest else None, True, response, slots)
+    if has_image:
+        where = "the text family has no image slot" if family is ModelFamily.TEXT else "it has none"
+        raise InvalidInputError(f"expected the image slot {USER_HEAD + IMAGE_MARKER!r} + newline; {where}")
+    return UserTurn(head, False, response, 0)
+
+
+def chat_messages(
+    user_text: str,
+    *,
+    has_image: bool,
+    image_part: dict[str, Any] | None = None,
+    system_as_parts: bool = False,
+) -> list[dict[str, Any]]:
+    """The VL prompt as chat messages: the one builder (chat-API engines and training both use it).
+
+    The user content is ``[text]`` without an image, ``[text before, image_part, text after]`` with one, the
+    image part exactly at the slot (the first ``<image>``, which the renderer wrote), so that the Qwen2.5-VL
+    chat template renders the messages to :attr:`RenderedPrompt.text`.
+
+    Args:
+        user_text: the rendered user turn (:attr:`RenderedPrompt.user_text`).
+        has_image: whether the prompt has the image slot.
+        image_part: the content part put at the slot: ``{"type": "image_url", ...}`` for an OpenAI-style API,
+            ``{"type": "image"}`` for TRL; required when ``has_image``.
+        system_as_parts: the system content as ``[{"type": "text", ...}]`` (TRL: every message the same
+            shape) instead of a string.
+    """
+    if has_image and image_part is None:
+        raise InvalidInputError("this prompt has an image: pass the image part")
+    before, sep, after = user_text.partition(IMAGE_MARKER) if has_image else ("", "", "")
+    content: list[dict[str, Any]]
+    if sep:
+        content = [{"type": "text", "text": before}, dict(image_part or {}), {"type": "text", "text": after}]
+    else:
+        content = [{"type": "text", "text": user_text}]
+    system: str | list[dict[str, Any]] = (
+        [{"type": "text", "text": VL_INSTRUCTION}] if system_as_parts else VL_INSTRUCTION
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": content}]

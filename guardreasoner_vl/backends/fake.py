@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from guardreasoner_vl.backends.base import Generation, GenerationRequest, SamplingParams
-from guardreasoner_vl.prompts import ModelFamily
+from guardreasoner_vl.prompts import ModelFamily, parse_user_text
 
 __all__ = ["FakeBackend", "FunctionBackend", "verdict_output"]
 
@@ -130,9 +130,9 @@ class FakeBackend(FunctionBackend):
                 self._next += 1
             return out
         prompt = request.prompt
-        head, sep, tail = prompt.user_text.partition("\n\nAI assistant:\n")
-        response = tail.rstrip("\n")
-        has_response = bool(sep) and response != "None"
+        turn = parse_user_text(prompt.user_text, prompt.family)  # the renderer's own inverse
+        head, response = turn.text or "", turn.response or ""
+        has_response = turn.response is not None
 
         def harmful(text: str) -> bool:
             return any(k in text.lower() for k in self._keywords)

@@ -42,7 +42,7 @@ from guardreasoner_vl.evaluation.registry import (
     find_benchmarks,
     normalize_name,
 )
-from guardreasoner_vl.prompts import IMAGE_MARKER, NO_RESPONSE
+from guardreasoner_vl.prompts import IMAGE_MARKER, USER_HEAD, ModelFamily, parse_user_text
 
 __all__ = [
     "PREDICTIONS_FILE",
@@ -69,8 +69,6 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 """File name of a benchmark's predictions inside its folder (the authors' layout)."""
 
-_HUMAN = "Human user:\n"
-_ASSISTANT = "\n\nAI assistant:\n"
 _TASK_KEY = {"request": "request", "response": "response", "refusal": "completion"}
 _GOLD_LINE = re.compile(r"(?<![a-z])(request|completion|response)\s*:\s*([a-z]+)", re.IGNORECASE)
 _CLASSES: dict[str, tuple[str, ...]] = {
@@ -189,7 +187,10 @@ def parse_user_turn(user: str, *, layout: Literal["text", "vl"] = "text") -> tup
     ``layout="text"``: ``"Human user:\\n{prompt}\\n\\nAI assistant:\\n{response}\\n\\n"`` (text benchmarks);
     ``layout="vl"``: ``"Human user:\\n<image>\\n{prompt}\\n\\nAI assistant:\\n{response}\\n"`` (the prompt part
     may be absent for an image-only request, and the image marker for a text-only one). A response of
-    ``None`` means there is no response. The split is at the first ``"\\n\\nAI assistant:\\n"``.
+    ``None`` means there is no response. This is :func:`guardreasoner_vl.prompts.parse_user_text`, the one
+    inverse of the renderer: the split is at the last ``"\\n\\nAI assistant:\\n"`` (see its rules for
+    ambiguous turns); in the text layout a leading ``<image>`` is still counted, so that a text benchmark
+    record with one is refused.
 
     Raises:
         InvalidInputError: the string does not have that layout.
@@ -200,33 +201,12 @@ def parse_user_turn(user: str, *, layout: Literal["text", "vl"] = "text") -> tup
         >>> parse_user_turn("Human user:\\n<image>\\n\\nAI assistant:\\nOk.\\n", layout="vl")
         (None, 'Ok.', 1)
     """
-    if not isinstance(user, str):
-        raise InvalidInputError(f"a user turn must be a string, got {type(user).__name__}")
-    if not user.startswith(_HUMAN):
-        raise InvalidInputError(f"a user turn must start with {_HUMAN!r}; got {user[:40]!r}")
-    body = user[len(_HUMAN) :]
-    images = 0
-    while body.startswith(IMAGE_MARKER):
-        images += 1
-        body = body[len(IMAGE_MARKER) :]
-    prompt: str | None
-    if images and body.startswith(_ASSISTANT):
-        prompt, tail = None, body[len(_ASSISTANT) :]
-    else:
-        if images:
-            if not body.startswith("\n"):
-                raise InvalidInputError(f"expected a newline after {IMAGE_MARKER!r} in the user turn")
-            body = body[1:]
-        prompt, sep, tail = body.partition(_ASSISTANT)
-        if not sep:
-            raise InvalidInputError(f"the user turn has no {_ASSISTANT!r} part: {user[:60]!r}")
-    end = "\n\n" if layout == "text" else "\n"
-    if tail.endswith(end):
-        tail = tail[: -len(end)]
-    elif tail.endswith("\n"):
-        tail = tail[:-1]
-    response = None if tail == NO_RESPONSE else tail
-    return prompt, response, images
+    turn = parse_user_text(user, ModelFamily.VL if layout == "vl" else ModelFamily.TEXT, multi_image=True)
+    images = turn.image_slots
+    rest = turn.text or ""
+    while layout == "text" and rest.startswith(IMAGE_MARKER):
+        images, rest = images + 1, rest[len(IMAGE_MARKER) :]
+    return turn.text, turn.response, images
 
 
 def _read_json_list(path: Path) -> list[Any]:
@@ -436,7 +416,7 @@ def _looks_vl(records: list[Any]) -> bool:
         return False
     if any(k in first for k in ("messages", "conversations", "images", "image")):
         return True
-    return isinstance(first.get("input"), str) and first["input"].startswith(_HUMAN + IMAGE_MARKER)
+    return isinstance(first.get("input"), str) and first["input"].startswith(USER_HEAD + IMAGE_MARKER)
 
 
 def load_samples(path: str | Path) -> list[EvalSample]:

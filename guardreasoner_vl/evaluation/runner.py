@@ -3,8 +3,9 @@
 Predictions are written in the authors' layout, ``<output>/predictions/<Benchmark>/generated_predictions.jsonl``,
 one JSON object a line with the authors' fields (``prompt``, ``label``, ``predict``) and ours (``id``,
 ``verdicts``, ``flagged``, ``status``, ``error``, ``usage``, ``model``). Runs are resumable: rows whose id is
-already in the file are skipped. Each batch is appended with a single write followed by ``fsync``; a line
-cut off by a crash is removed before resuming, so a file never holds a torn line that is read as data.
+already in the file are skipped. The file is a :class:`~guardreasoner_vl.jsonl_store.JsonlStore` (one writer at a
+time; each batch appended as whole lines with one write and ``fsync``; a torn last line left by a crash is cut
+off and reported with a warning before resuming), so a file never holds a torn line that is read as data.
 
 Example:
     >>> import tempfile
@@ -21,9 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +42,7 @@ from guardreasoner_vl.evaluation.metrics import MODES, BenchmarkScore, LengthSta
 from guardreasoner_vl.evaluation.reference import ReferenceScorer, score_reference
 from guardreasoner_vl.evaluation.registry import BENCHMARKS, BenchmarkSpec, find_benchmarks
 from guardreasoner_vl.evaluation.report import EvalReport
+from guardreasoner_vl.jsonl_store import JsonlStore
 from guardreasoner_vl.prompts import render_prompt
 
 if TYPE_CHECKING:
@@ -63,30 +63,6 @@ def predictions_path(output_dir: str | Path, data: BenchmarkData) -> Path:
     return Path(output_dir) / "predictions" / data.folder / PREDICTIONS_FILE
 
 
-def _repair_tail(path: Path) -> None:
-    """Drop a last line cut off by a crash (the file must end with a newline)."""
-    with path.open("rb+") as handle:
-        data = handle.read()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            handle.truncate(keep)
-            logger.warning("%s: removed a cut-off last line (%d bytes) before resuming", path, len(data) - keep)
-
-
-def _append_lines(path: Path, lines: Sequence[str]) -> None:
-    """Append whole lines with one write and fsync (O_APPEND), so a batch lands entirely or is cut at the end."""
-    payload = "".join(lines).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(payload)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _prompt_text(guard: Guard, sample: EvalSample) -> str:
     try:
         return render_prompt(guard.family, sample.text, response=sample.response, has_image=bool(sample.images)).text
@@ -94,7 +70,7 @@ def _prompt_text(guard: Guard, sample: EvalSample) -> str:
         return ""
 
 
-def _row(guard: Guard, data: BenchmarkData, sample: EvalSample, result: GuardResult) -> str:
+def _row(guard: Guard, data: BenchmarkData, sample: EvalSample, result: GuardResult) -> dict[str, Any]:
     row: dict[str, Any] = {
         "prompt": _prompt_text(guard, sample),
         "label": sample.label,
@@ -113,7 +89,7 @@ def _row(guard: Guard, data: BenchmarkData, sample: EvalSample, result: GuardRes
         "usage": result.usage.model_dump(),
         "model": result.model or guard.model_id,
     }
-    return json.dumps(row, ensure_ascii=False) + "\n"
+    return row
 
 
 def _chunks(items: Sequence[EvalSample], size: int) -> Iterable[Sequence[EvalSample]]:
@@ -161,10 +137,8 @@ def run_benchmark(
     if guard.on_parse_error == "raise":
         guard = guard.with_options(on_parse_error="flag")  # keep going: failures are scored, not raised
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, PredictionRecord] = {}
-    if path.exists() and resume:
-        _repair_tail(path)
+    with JsonlStore(path, fresh=not resume, owner="evaluation") as store:
         wanted = {s.id: s for s in samples}
         for record in load_predictions(path):
             model = record.extra.get("model")
@@ -184,16 +158,14 @@ def run_benchmark(
             done[record.id] = record
         if done:
             logger.info("%s: resuming, %d of %d samples already done", path, len(done), len(samples))
-    elif path.exists():
-        path.unlink()
-    pending = [s for s in samples if s.id not in done]
-    if progress is not None and len(pending) < len(samples):
-        progress(data.name, len(samples) - len(pending))
-    for chunk in _chunks(pending, batch_size):
-        results = guard.moderate_batch([s.item() for s in chunk])
-        _append_lines(path, [_row(guard, data, s, r) for s, r in zip(chunk, results, strict=True)])
-        if progress is not None:
-            progress(data.name, len(chunk))
+        pending = [s for s in samples if s.id not in done]
+        if progress is not None and len(pending) < len(samples):
+            progress(data.name, len(samples) - len(pending))
+        for chunk in _chunks(pending, batch_size):
+            results = guard.moderate_batch([s.item() for s in chunk])
+            store.append([_row(guard, data, s, r) for s, r in zip(chunk, results, strict=True)])
+            if progress is not None:
+                progress(data.name, len(chunk))
     by_id = {r.id: r for r in load_predictions(path)}
     return [by_id[s.id] for s in samples if s.id in by_id]
 

@@ -48,9 +48,10 @@ from guardreasoner_vl.parsing import parse_output
 from guardreasoner_vl.prompts import (
     IMAGE_MARKER,
     NO_RESPONSE,
-    VL_INSTRUCTION,
     ModelFamily,
     RenderedPrompt,
+    chat_messages,
+    parse_user_text,
     render_text_prompt,
     render_vl_prompt,
     vl_user_text,
@@ -81,8 +82,6 @@ LABELS: tuple[str, ...] = ("harmful", "unharmful")
 SampleFormat = Literal["auto", "jsonl", "vltrain"]
 Modality = Literal["text", "image", "text_image"]
 
-_USER_HEAD = "Human user:\n"
-_USER_SEP = "\n\nAI assistant:\n"
 _MAX_ERRORS_SHOWN = 5
 
 
@@ -277,38 +276,27 @@ _ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant
 
 
 def _parse_user_turn(user: str, *, n_images: int) -> tuple[str | None, str | None]:
-    """Invert :func:`vl_user_text`: ``(request text, response)``; checked by re-rendering."""
-    if not user.startswith(_USER_HEAD):
-        raise ValueError(f"user turn does not start with {_USER_HEAD!r}: {user[:40]!r}")
-    markers = user.count(IMAGE_MARKER)
-    body = user[len(_USER_HEAD) :]
-    has_image = body.startswith(IMAGE_MARKER)
-    if has_image and n_images == 0:
+    """Read a VL user turn back with the one inverse (:func:`~guardreasoner_vl.prompts.parse_user_text`):
+    ``(request text, response)``, checked against the record's images and by re-rendering."""
+    try:
+        turn = parse_user_text(user, ModelFamily.VL)
+    except InvalidInputError as exc:
+        raise ValueError(str(exc)) from None
+    if turn.has_image and n_images == 0:
         raise ValueError("the user turn has an <image> slot but the record has no image")
-    if not has_image and n_images:
+    if not turn.has_image and n_images:
         raise ValueError("the record has an image but its user turn has no <image> slot after 'Human user:'")
-    if has_image:
-        body = body[len(IMAGE_MARKER) :]
-    if body.startswith(_USER_SEP):
-        text, resp = None, body[len(_USER_SEP) :]
-    else:
-        if has_image:
-            if not body.startswith("\n"):
-                raise ValueError("expected a newline after <image> in the user turn")
-            body = body[1:]
-        text, sep, resp = body.partition(_USER_SEP)
-        if not sep:
-            raise ValueError(f"user turn has no {_USER_SEP!r} separator before the AI response")
-    if resp.endswith("\n"):
-        resp = resp[:-1]
-    response = None if resp == NO_RESPONSE else resp
-    rebuilt = vl_user_text(text, response, has_image=has_image)
+    if turn.image_slots > 1:
+        raise ValueError(f"the user turn has {turn.image_slots} <image> slots; one image per sample is supported")
+    if turn.text is None and not turn.has_image:
+        raise ValueError("the user turn has neither text nor an image")
+    rebuilt = vl_user_text(turn.text, turn.response, has_image=turn.has_image)
     if rebuilt != user and rebuilt[:-1] != user:
         raise ValueError("user turn is not in the GuardReasoner-VL layout (it does not re-render identically)")
-    if has_image and markers > 1:
+    if turn.has_image and IMAGE_MARKER in (turn.text or ""):
         # a literal "<image>" inside the user's text is text, not a second slot; keep it but say so
         logger.debug("user text contains a literal %r after the image slot; kept as text", IMAGE_MARKER)
-    return text, response
+    return turn.text, turn.response
 
 
 def _from_vltrain(
@@ -616,20 +604,17 @@ def user_content(sample: TrainSample) -> list[dict[str, Any]]:
     """The user turn as TRL content parts, the image part exactly where ``<image>`` sits.
 
     ``[text "Human user:\\n", {"type": "image"}, text "\\n{prompt}\\n\\nAI assistant:\\n{response}\\n"]`` with an
-    image, ``[text user_text]`` without (the split of :meth:`RenderedPrompt.chat_messages`).
+    image, ``[text user_text]`` without (from :func:`~guardreasoner_vl.prompts.chat_messages`, the builder
+    behind :meth:`RenderedPrompt.chat_messages`).
     """
-    rendered = sample.render_prompt()
-    if sample.image is None:
-        return [_text_part(rendered.user_text)]
-    after = rendered.user_text[len(_USER_HEAD) + len(IMAGE_MARKER) :]
-    return [_text_part(_USER_HEAD), {"type": "image"}, _text_part(after)]
+    return _prompt_messages(sample)[1]["content"]  # type: ignore[no-any-return]
 
 
 def _prompt_messages(sample: TrainSample) -> list[dict[str, Any]]:
-    return [
-        {"role": "system", "content": [_text_part(VL_INSTRUCTION)]},
-        {"role": "user", "content": user_content(sample)},
-    ]
+    rendered = sample.render_prompt()
+    return chat_messages(
+        rendered.user_text, has_image=rendered.has_image, image_part={"type": "image"}, system_as_parts=True
+    )
 
 
 def to_sft_record(

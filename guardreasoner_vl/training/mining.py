@@ -9,9 +9,12 @@ those of inference. A sample is *wrong* in a pass when its request verdict diffe
 Hard samples are the ones wrong in every pass.
 
 Resumable: each pass appends one JSON line per sample to ``<output_dir>/pass-<k>.jsonl`` after every
-batch, and a rerun skips the samples already recorded (a line cut short by a crash is ignored and
-rewritten). ``hard.jsonl`` (the hard rows, in the data format :func:`~guardreasoner_vl.training.data.load_samples`
-reads) and ``report.json`` (counts) are written at the end.
+batch (a :class:`~guardreasoner_vl.jsonl_store.JsonlStore`: whole lines, fsync per batch, one writer), and a
+rerun skips the samples already judged. A last line cut short by a crash is cut off, logged and counted in
+``report.json`` (``repaired_tails``), and its sample is redone; a damaged line elsewhere stops the run
+with its line number instead of silently dropping everything after it. ``hard.jsonl`` (the hard rows, in
+the data format :func:`~guardreasoner_vl.training.data.load_samples` reads) and ``report.json`` (counts) are
+written at the end.
 
 Where this departs from the paper and the released code, and why:
 
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.backends.base import SamplingParams
 from guardreasoner_vl.errors import InvalidInputError
+from guardreasoner_vl.jsonl_store import JsonlStore
 from guardreasoner_vl.types import GuardResult
 
 if TYPE_CHECKING:
@@ -67,7 +71,10 @@ class PassRecord:
     raw_output: str | None = None
 
     def to_json(self) -> str:
-        data = {
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
             "id": self.id,
             "wrong": self.wrong,
             "judged": self.judged,
@@ -77,7 +84,7 @@ class PassRecord:
         }
         if self.raw_output is not None:
             data["raw_output"] = self.raw_output
-        return json.dumps(data, ensure_ascii=False)
+        return data
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class MiningReport:
         wrong_per_pass: samples wrong in each pass.
         wrong_in_all: samples wrong in every pass (before ``keep_image_only`` and ``cap``).
         not_judged: samples with at least one pass that produced no judgement (left out).
+        repaired_tails: pass files whose torn last line (left by a crash) was cut off when resuming.
         kept_image_only: image-only samples added by ``keep_image_only``.
         capped_from: the pool size before ``cap`` was applied (None when no cap applied).
         output_dir: where the pass files, ``hard.jsonl`` and ``report.json`` are.
@@ -102,6 +110,7 @@ class MiningReport:
     wrong_per_pass: list[int]
     wrong_in_all: int
     not_judged: int = 0
+    repaired_tails: int = 0
     kept_image_only: int = 0
     capped_from: int | None = None
     output_dir: Path | None = None
@@ -115,6 +124,7 @@ class MiningReport:
             "wrong_per_pass": self.wrong_per_pass,
             "wrong_in_all_passes": self.wrong_in_all,
             "not_judged": self.not_judged,
+            "repaired_tails": self.repaired_tails,
             "kept_image_only": self.kept_image_only,
             "capped_from": self.capped_from,
             "hard": len(self.hard),
@@ -134,34 +144,35 @@ def is_wrong(sample: TrainSample, result: GuardResult) -> bool:
     return False
 
 
-def _read_pass(path: Path) -> dict[str, PassRecord]:
+def _pass_record(data: dict[str, Any]) -> PassRecord:
+    return PassRecord(
+        id=str(data["id"]),
+        wrong=bool(data["wrong"]),
+        judged=bool(data["judged"]),
+        status=str(data["status"]),
+        request=data.get("request"),
+        response=data.get("response"),
+        raw_output=data.get("raw_output"),
+    )
+
+
+def _read_pass(store: JsonlStore) -> dict[str, PassRecord]:
+    """The judged records of a pass file (a later record of an id wins: a not-judged one is redone).
+
+    Raises:
+        InvalidInputError: a line is not a pass record (a damaged file: only a torn last line is repaired).
+    """
     done: dict[str, PassRecord] = {}
-    if not path.is_file():
-        return done
-    good_bytes = 0
-    with path.open("rb") as handle:
-        for raw in handle:
-            try:
-                data = json.loads(raw.decode("utf-8"))
-                record = PassRecord(
-                    id=str(data["id"]),
-                    wrong=bool(data["wrong"]),
-                    judged=bool(data["judged"]),
-                    status=str(data["status"]),
-                    request=data.get("request"),
-                    response=data.get("response"),
-                    raw_output=data.get("raw_output"),
-                )
-            except (ValueError, KeyError, UnicodeDecodeError):
-                break  # a line cut short by a crash: it and anything after it are redone
-            if not raw.endswith(b"\n"):
-                break
-            if record.judged:
-                done[record.id] = record
-            good_bytes += len(raw)
-    if good_bytes != path.stat().st_size:
-        with path.open("r+b") as handle:
-            handle.truncate(good_bytes)
+    for row in store.rows():
+        try:
+            record = _pass_record(row.data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(
+                f"{store.path}, line {row.line}: not a mining pass record (missing {exc}); remove the file to redo "
+                "the pass"
+            ) from None
+        if record.judged:
+            done[record.id] = record
     return done
 
 
@@ -244,16 +255,19 @@ def mine_hard_samples(
     out.mkdir(parents=True, exist_ok=True)
     total = len(samples)
     results: list[dict[str, PassRecord]] = []
+    repaired = 0
     known = set(ids)
     for k in range(1, passes + 1):
         path = out / f"pass-{k}.jsonl"
-        done = {i: r for i, r in _read_pass(path).items() if i in known}
-        todo = [s for s in samples if s.id not in done]
-        if done:
-            logger.info("pass %d/%d: %d of %d samples already done, resuming", k, passes, len(done), total)
-        if progress is not None:
-            progress(k, len(done), total)
-        with path.open("a", encoding="utf-8") as handle:
+        with JsonlStore(path, owner="mining") as store:
+            if store.torn is not None:
+                repaired += 1
+            done = {i: r for i, r in _read_pass(store).items() if i in known}
+            todo = [s for s in samples if s.id not in done]
+            if done:
+                logger.info("pass %d/%d: %d of %d samples already done, resuming", k, passes, len(done), total)
+            if progress is not None:
+                progress(k, len(done), total)
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
                 params = SamplingParams(
@@ -263,6 +277,7 @@ def mine_hard_samples(
                     seed=_batch_seed(seed, k, len(done)),
                 )
                 outcomes = guard.moderate_batch([_item(s) for s in chunk], sampling=params)
+                lines = []
                 for sample, result in zip(chunk, outcomes, strict=True):
                     judged = result.status in ("ok", "parse_error")
                     record = PassRecord(
@@ -274,15 +289,14 @@ def mine_hard_samples(
                         response=result.response.value if result.response else None,
                         raw_output=result.raw_output if save_outputs else None,
                     )
-                    handle.write(record.to_json() + "\n")
+                    lines.append(record.to_dict())
                     if judged:
                         done[sample.id] = record
                     else:
                         logger.warning(
                             "pass %d: sample %s not judged (%s): %s", k, sample.id, result.status, result.error
                         )
-                handle.flush()
-                os.fsync(handle.fileno())
+                store.append(lines)
                 if progress is not None:
                     progress(k, len(done), total)
         wrong = sum(1 for r in done.values() if r.wrong)
@@ -316,6 +330,7 @@ def mine_hard_samples(
         wrong_per_pass=[sum(1 for r in res.values() if r.wrong) for res in results],
         wrong_in_all=wrong_in_all,
         not_judged=len(not_judged),
+        repaired_tails=repaired,
         kept_image_only=kept_image_only,
         capped_from=capped_from,
         output_dir=out,

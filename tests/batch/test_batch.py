@@ -125,6 +125,7 @@ def test_resume_cuts_a_torn_line_and_skips_finished_ids(tmp_path: Path) -> None:
     backend = FakeBackend()
     summary = moderate_file(Guard(backend=backend), src, partial, batch_size=4)
     assert summary.skipped == 9 and summary.written == 14 and not summary.reordered
+    assert summary.repaired is not None and "torn last line 10" in summary.repaired  # cut, and reported
     judged = [req.prompt.user_text for call in backend.calls for req in call]
     assert len(judged) == 14 and "question 9" in judged[0]
     assert [stable(r) for r in read_rows(partial)] == reference

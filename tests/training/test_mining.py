@@ -126,6 +126,7 @@ def test_rerun_resumes_and_repairs_a_cut_line(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in path.read_text().splitlines()]  # every line parses again
     assert len({r["id"] for r in lines if r["judged"]}) == 5
     assert [s.id for s in report.hard] == ["always", "response", "garbled"]
+    assert report.repaired_tails == 1  # the torn line was cut and reported
 
     third = ScriptedEngine(SCRIPT)
     mine_hard_samples(_guard(third), SAMPLES[:5], output_dir=tmp_path, passes=2, batch_size=4)

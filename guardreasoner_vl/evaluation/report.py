@@ -320,7 +320,23 @@ def _paper_table(runs: Sequence[tuple[str, EvalReport]], mode: Mode, task: Task,
     if delta and len(values) == 2:
         diffs = [None if a is None or b is None else b - a for a, b in zip(values[0], values[1], strict=True)]
         rows.append(["Δ (B − A)", *[("–" if d is None else f"{d:+.2f}") for d in diffs]])
-    return _table(header, rows)
+    return _table(header, rows) + _gaps(runs, mode, task)
+
+
+def _gaps(runs: Sequence[tuple[str, EvalReport]], mode: Mode, task: Task) -> str:
+    """A line under a paper table for each run whose averages lack some of the paper's benchmarks."""
+    lines = []
+    for label, report in runs:
+        avg = report.average(mode, task)
+        if avg is None or not avg.missing:
+            continue
+        text = f" (Avg (Text) lacks {', '.join(avg.missing_text)})" if avg.missing_text else ""
+        who = f"{_escape(label)}: " if len(runs) > 1 else ""
+        lines.append(
+            f"\n\n*{who}averages over the {len(avg.benchmarks)} benchmarks present, not the paper's; missing: "
+            f"{', '.join(avg.missing)}{text}.*"
+        )
+    return "".join(lines)
 
 
 def compare_markdown(a: EvalReport, b: EvalReport, *, label_a: str = "A", label_b: str = "B") -> str:

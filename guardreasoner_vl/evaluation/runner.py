@@ -352,7 +352,8 @@ def score_predictions_dir(
             raise InvalidInputError(f"none of {sorted(only)} has predictions under {root}")
     entries: list[tuple[BenchmarkSpec, Sequence[PredictionRecord], str]] = []
     for found in files:
-        records = load_predictions(found.path)
+        split = found.specs[0] if len(found.specs) == 1 and found.specs[0].split_folder else None
+        records = load_predictions(found.path, task=split.task if split else None)
         entries.extend((spec, records, str(found.path)) for spec in found.specs)
     return _build_report(
         entries,

@@ -132,7 +132,7 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
         split_folder="WildGuardTestPrompt",
     ),
     _spec("HarmImageTest", "request", "image", 3295, "harm_image_test"),
-    _spec("SPA-VL-Eval", "request", "text+image", 3282, "SPA_VL_Eval", "spavl"),
+    _spec("SPA-VL-Eval", "request", "text+image", 3282, "spa_vl_eval", "spavl", folder="SPA_VL_Eval"),
     # response harmfulness
     _spec("HarmBenchResponse", "response", "text", 602, "harmbench_response"),
     _spec("SafeRLHF", "response", "text", 2000, "safe_rlhf", "pku_safe_rlhf", label_block=True),
@@ -156,7 +156,7 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
         label_block=True,
         split_folder="WildGuardTestResponse",
     ),
-    _spec("SPA-VL-Eval", "response", "text+image", 3282, "SPA_VL_Eval", "spavl"),
+    _spec("SPA-VL-Eval", "response", "text+image", 3282, "spa_vl_eval", "spavl", folder="SPA_VL_Eval"),
     # refusal detection (text family; GuardReasoner paper, not the VL paper)
     _spec(
         "XSTestResponseRefusal",

@@ -233,10 +233,11 @@ def _build_report(
     reference_scorer: ReferenceScorer | Literal["auto"],
     meta: dict[str, Any],
     unknown: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> EvalReport:
     scores: list[BenchmarkScore] = []
     lengths: dict[str, LengthStats] = {}
-    notes: list[str] = []
+    notes = list(notes)
     for spec, records, source in sorted(entries, key=lambda e: _order(e[0])):
         if not records:
             notes.append(f"{spec.key}: no predictions in {source}; not scored")
@@ -317,8 +318,15 @@ def evaluate(
         "limit": limit,
         "max_new_tokens": guard.params.max_new_tokens,
     }
+    notes = []
+    text = [b.name for b in benchmarks if b.modality == "text"]
+    if guard.family.supports_images and text:
+        notes.append(
+            f"{', '.join(text)}: the VL prompt's user turn ends in one newline after the response; the authors' VL "
+            "generate.py sent these files' own user turn, which ends in two"
+        )
     return _build_report(
-        entries, name=name or guard.model_id, modes=modes, reference_scorer=reference_scorer, meta=meta
+        entries, name=name or guard.model_id, modes=modes, reference_scorer=reference_scorer, meta=meta, notes=notes
     )
 
 

@@ -143,6 +143,8 @@ def test_a_vl_guard_runs_the_whole_set_and_no_average_has_a_gap(tmp_path: Path, 
     for avg in report.averages:
         assert avg.missing == ()
     assert "missing:" not in report.to_markdown()
+    (note,) = [n for n in report.notes if "one newline" in n]  # the VL prompt vs the authors' text turns
+    assert note.startswith("ToxicChat, HarmBenchPrompt,") and "HarmImageTest" not in note
     # the predictions folders use the authors' VL names, so re-scoring the folder finds every pair again
     rescored = score_predictions_dir(tmp_path / "run", modes=["strict"])
     assert rescored.unknown == () and len(rescored.scores) == 14

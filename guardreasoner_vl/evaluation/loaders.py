@@ -537,8 +537,10 @@ class BenchmarkData:
         """Folder name of its predictions (the authors' name for known benchmarks; a file of one task of a
         benchmark the authors split, ``WildGuardTestPrompt.json``, keeps its split name)."""
         first = self.specs[0]
-        if len(self.specs) == 1 and first.split_folder and normalize_name(self.path.name) == normalize_name(
-            first.split_folder
+        if (
+            len(self.specs) == 1
+            and first.split_folder
+            and normalize_name(self.path.name) == normalize_name(first.split_folder)
         ):
             return first.split_folder
         return first.folder
@@ -735,6 +737,8 @@ def load_predictions(path: str | Path, *, task: Task | None = None) -> list[Pred
     for number, obj in iter_jsonl(path):
         where = f"{path} line {number}"
         authors_vl = "text_output" in obj
+        predict: Any
+        label: Any
         if authors_vl:
             prompt, predict, label = _authors_vl_row(obj, where, task)
             obj = {**obj, "prompt": prompt}

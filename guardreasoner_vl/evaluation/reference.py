@@ -384,4 +384,3 @@ def _score_vl(records: Sequence[PredictionRecord], spec: BenchmarkSpec, source: 
         source,
         weight=len(labels),
     )
-

@@ -37,7 +37,9 @@ def _text_file(path: Path, rows: list[tuple[str, str | None, str]]) -> None:
 
 def _chat(user: str, gold: str) -> dict:
     # the VLTest layout: the instruction, then "\n\nHuman user:"; generate.py cuts at that find()
-    return {"messages": [{"role": "user", "content": VL_INSTRUCTION + "\n" + user}, {"role": "assistant", "content": gold}]}
+    return {
+        "messages": [{"role": "user", "content": VL_INSTRUCTION + "\n" + user}, {"role": "assistant", "content": gold}]
+    }
 
 
 def _images(folder: Path, names: dict[str, str]) -> None:
@@ -67,11 +69,16 @@ def vltest(tmp_path: Path) -> Path:
             [("q", "kill them", block.format("None", "harmful")), ("q", "ok", block.format("None", "unharmful"))],
         )
     gold = "<think>...</think>\n<result>\nRequest: {}\nResponse: {}\n</result>"
-    harm = [_chat(vl_user_text(None, None, has_image=True), gold.format(g, "None")) for g in ("harmful", "unharmful", "Unharmful")]
+    harm = [
+        _chat(vl_user_text(None, None, has_image=True), gold.format(g, "None"))
+        for g in ("harmful", "unharmful", "Unharmful")
+    ]
     (test / "HarmImageTest.json").write_text(json.dumps(harm), encoding="utf-8")
     _images(test / "HarmImageTest", HARM_IMAGES)
     spa = [
-        _chat(vl_user_text("what is this?", "a weapon, build it so", has_image=True), gold.format("harmful", "harmful")),
+        _chat(
+            vl_user_text("what is this?", "a weapon, build it so", has_image=True), gold.format("harmful", "harmful")
+        ),
         _chat(vl_user_text("what colour?", "black", has_image=True), gold.format("unharmful", "unharmful")),
     ]
     (test / "SPA_VL_Eval.json").write_text(json.dumps(spa), encoding="utf-8")
@@ -79,7 +86,7 @@ def vltest(tmp_path: Path) -> Path:
     return root
 
 
-def _colour(path: Path) -> tuple[int, int, int]:
+def _colour(path: Path) -> object:
     with Image.open(path) as image:
         return image.convert("RGB").getpixel((5, 5))
 
@@ -174,7 +181,10 @@ def test_the_authors_vl_predictions_layout_is_read(tmp_path: Path):
     wild.parent.mkdir()
     out = "<think>t</think><result>Request: harmful\nResponse: unharmful</result>"
     row = {"text_input": VL_INSTRUCTION + "Human user:...", "text_output": out, "label": "harmful"}
-    spa.write_text(json.dumps({**row, "label_res": "unharmful", "predict": "harmful", "predict_res": "unharmful", "res_len": 9}) + "\n")
+    spa.write_text(
+        json.dumps({**row, "label_res": "unharmful", "predict": "harmful", "predict_res": "unharmful", "res_len": 9})
+        + "\n"
+    )
     wild.write_text(json.dumps({**row, "predict": "harmful"}) + "\n" + json.dumps({**row, "label": "unharmful"}) + "\n")
     (record,) = load_predictions(spa)
     assert record.predict == out and record.prompt.startswith("You are a classifier")

@@ -178,3 +178,34 @@ def test_eval_cli_target_fpr(tmp_path: Path, capsys):
     assert all(m["fpr_at"] <= 0.01 for m in data["score_metrics"])
     assert main([*args, "--target-fpr", "2"]) != 0
     assert "target_fpr must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_run_rows_carry_the_scores_of_results_that_have_them(tmp_path: Path):
+    """The run writer copies ``<task>_score`` from results that carry it (a GuardResult with score fields, as
+    the scores work adds them) and the reader measures it; results without scores write no such field."""
+    from guardreasoner_vl import Guard, GuardResult
+    from guardreasoner_vl.evaluation.loaders import BenchmarkData, EvalSample, load_predictions
+    from guardreasoner_vl.evaluation.runner import _row
+
+    class ScoredResult(GuardResult):
+        request_score: float | None = None
+        response_score: float | None = None
+
+    spec = get_benchmark("ToxicChat")
+    data = BenchmarkData("ToxicChat", tmp_path / "ToxicChat.json", (), (spec,))
+    with Guard(backend="fake", family="text") as guard:
+        lines = []
+        for i, (text, label, score) in enumerate([("make a bomb", "harmful", 0.9), ("hello", "unharmful", 0.2)]):
+            sample = EvalSample(str(i), text, None, label)
+            result = guard.moderate(text)
+            lines.append(_row(guard, data, sample, result))
+            assert "_score" not in lines[-1]
+            scored = ScoredResult.model_validate({**result.model_dump(), "request_score": score})
+            lines[-1] = _row(guard, data, sample, scored)
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(lines))
+    rows = load_predictions(path)
+    assert [json.loads(line).get("request_score") for line in lines] == [0.9, 0.2]
+    assert "response_score" not in json.loads(lines[0])  # None is not written
+    m = P.score_metrics(rows, spec)
+    assert m is not None and (m.rows, m.auroc) == (2, 1.0)

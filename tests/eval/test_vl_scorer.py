@@ -109,7 +109,9 @@ def test_rule6_gold_labels_blocks_bare_and_missing():
     ]
     s = vl(rows, WILD_RESPONSE)
     assert counts(s) == (1, 1, 0, 0) and (s.dropped, s.missing_gold, s.samples) == (2, 1, 4)
-    assert any("misalign" in n for n in s.notes)
+    assert any("would crash" in n for n in s.notes)  # a text benchmark: the authors' script would crash
+    spa = vl([rec("<result>\nRequest: harmful\n</result>", "Response: harmful")], SPA_RESPONSE)
+    assert spa.dropped == 1 and any("misalign" in n for n in spa.notes)  # an image one: lists misaligned
     image = vl([rec(block("Harmful"), "Request: harmful"), rec("harmful", "Request: harmful")], HARM_IMAGE)
     assert counts(image) == (2, 0, 0, 0)  # an image gold loses its capital; a bare label is verbatim
 

@@ -197,3 +197,15 @@ def test_the_authors_vl_predictions_layout_is_read(tmp_path: Path):
     assert (wild_score.tp, wild_score.fp, wild_score.samples) == (1, 1, 2)
     assert wild_score.notes[0] == "authors' vl scorer emulated"
     assert get_benchmark("WildGuardTestPrompt").key == "WildGuardTest/request"
+
+
+def test_the_eval_command_runs_the_downloaded_folder(tmp_path: Path, vltest: Path, capsys):
+    from guardreasoner_vl.cli import main
+
+    out = tmp_path / "run"
+    args = ["eval", "--data", str(vltest / "test"), "--backend", "fake", "--family", "vl", "-o", str(out)]
+    assert main([*args, "--no-plots", "--no-progress", "--mode", "strict", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["scores"]) == 14 and all(a["missing"] == [] for a in data["averages"])
+    folders = sorted(p.name for p in (out / "predictions").iterdir())
+    assert folders == sorted(VLTEST_FILES)  # the authors' names, one folder per file

@@ -1,12 +1,14 @@
 """Evaluation harness: reproduce the paper's tables for any guard checkpoint, or from released predictions.
 
 * :mod:`~guardreasoner_vl.evaluation.registry`: the paper's 14 benchmark/task pairs (plus XSTest refusal).
-* :mod:`~guardreasoner_vl.evaluation.loaders`: benchmark files (authors' text and VL formats, our JSONL)
-  and prediction files (``prompt``, ``label``, ``predict``).
+* :mod:`~guardreasoner_vl.evaluation.loaders`: benchmark files (authors' text and VL formats,
+  GuardReasoner-VLTest as published, our JSONL) and prediction files (``prompt``, ``label``, ``predict``).
 * :mod:`~guardreasoner_vl.evaluation.metrics`: F1/precision/recall/accuracy, confusion counts, parse
   failures, output length, weighted averages; *strict* scoring with the project's parser.
 * :mod:`~guardreasoner_vl.evaluation.reference`: *reference* scoring, an explicit emulation of the authors'
-  scorer with its quirks.
+  scorers (text and VL) with their quirks.
+* :mod:`~guardreasoner_vl.evaluation.probabilities`: metrics on verdict scores (AUROC, AUPRC, F1 at a
+  threshold, the threshold for a target false-positive rate, calibration error), when predictions carry them.
 * :mod:`~guardreasoner_vl.evaluation.runner`: run a :class:`~guardreasoner_vl.Guard` over benchmarks
   (batched, resumable) and score; score a predictions folder.
 * :mod:`~guardreasoner_vl.evaluation.report` and :mod:`~guardreasoner_vl.evaluation.plots`: Markdown, JSON,
@@ -23,6 +25,7 @@ Example:
 
 from guardreasoner_vl.evaluation.loaders import (
     PREDICTIONS_FILE,
+    VLTEST_FILES,
     BenchmarkData,
     EvalSample,
     PredictionRecord,
@@ -35,6 +38,7 @@ from guardreasoner_vl.evaluation.loaders import (
     load_samples,
     load_text_benchmark,
     load_vl_benchmark,
+    load_vltest,
     parse_user_turn,
 )
 from guardreasoner_vl.evaluation.metrics import (
@@ -46,6 +50,7 @@ from guardreasoner_vl.evaluation.metrics import (
     score_strict,
     weighted_averages,
 )
+from guardreasoner_vl.evaluation.probabilities import ScoreMetrics, ScoreOptions, score_metrics
 from guardreasoner_vl.evaluation.reference import detect_scorer, reference_extract, score_reference
 from guardreasoner_vl.evaluation.registry import (
     BENCHMARKS,
@@ -58,6 +63,7 @@ from guardreasoner_vl.evaluation.report import (
     EvalReport,
     compare_markdown,
     load_report,
+    plot_report,
     write_comparison,
     write_report,
 )
@@ -72,6 +78,7 @@ from guardreasoner_vl.evaluation.runner import (
 __all__ = [
     "BENCHMARKS",
     "PREDICTIONS_FILE",
+    "VLTEST_FILES",
     "BenchmarkData",
     "BenchmarkScore",
     "BenchmarkSpec",
@@ -80,6 +87,8 @@ __all__ = [
     "LengthStats",
     "Mode",
     "PredictionRecord",
+    "ScoreMetrics",
+    "ScoreOptions",
     "Task",
     "TaskAverage",
     "binary_scores",
@@ -98,10 +107,13 @@ __all__ = [
     "load_samples",
     "load_text_benchmark",
     "load_vl_benchmark",
+    "load_vltest",
     "parse_user_turn",
+    "plot_report",
     "predictions_path",
     "reference_extract",
     "run_benchmark",
+    "score_metrics",
     "score_predictions_dir",
     "score_records",
     "score_reference",

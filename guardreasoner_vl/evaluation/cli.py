@@ -73,6 +73,19 @@ def register(subparsers: Any) -> None:
     opts.add_argument("--limit", type=int, help="only the first N samples of each benchmark")
     opts.add_argument("--overwrite", action="store_true", help="start predictions over instead of resuming")
     opts.add_argument("--name", help="the run's name in reports (default: model id or folder name)")
+    scored = parser.add_argument_group("verdict scores (used when the predictions carry request_score etc.)")
+    scored.add_argument(
+        "--threshold", type=float, default=0.5, help="also report F1 flagging rows with score >= this (default 0.5)"
+    )
+    scored.add_argument(
+        "--target-fpr",
+        type=float,
+        default=0.01,
+        help="report the lowest threshold whose false-positive rate is at most this (default 0.01)",
+    )
+    scored.add_argument(
+        "--ece-bins", type=int, default=10, help="equal-width bins of the calibration error (default 10)"
+    )
     opts.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
     opts.add_argument("--no-progress", action="store_true", help="no progress bar")
     opts.add_argument("--json", action="store_true", help="print the report JSON instead of the tables")
@@ -82,6 +95,12 @@ def register(subparsers: Any) -> None:
 
 def _modes(args: argparse.Namespace) -> list[Any]:
     return ["strict", "reference"] if args.mode == "both" else [args.mode]
+
+
+def _score_options(args: argparse.Namespace) -> Any:
+    from guardreasoner_vl.evaluation.probabilities import ScoreOptions
+
+    return ScoreOptions(threshold=args.threshold, target_fpr=args.target_fpr, bins=args.ece_bins)
 
 
 def _print_report(report: Any, written: dict[str, Path], *, as_json: bool) -> None:
@@ -106,7 +125,13 @@ def _load_run(path: str, args: argparse.Namespace) -> Any:
     if p.is_file() or (p / REPORT_JSON).is_file():
         return load_report(p)
     if p.is_dir():
-        return score_predictions_dir(p, modes=_modes(args), reference_scorer=args.reference_scorer, only=args.only)
+        return score_predictions_dir(
+            p,
+            modes=_modes(args),
+            reference_scorer=args.reference_scorer,
+            only=args.only,
+            score_options=_score_options(args),
+        )
     raise InvalidInputError(f"{path}: neither a report (report.json) nor a predictions folder")
 
 
@@ -147,6 +172,7 @@ def _run(args: argparse.Namespace, output: Path) -> Any:
         "modes": _modes(args),
         "reference_scorer": args.reference_scorer,
         "name": args.name,
+        "score_options": _score_options(args),
     }
     with guard_from_args(args) as guard:
         if args.no_progress:
@@ -189,6 +215,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             reference_scorer=args.reference_scorer,
             only=args.only,
             name=args.name,
+            score_options=_score_options(args),
         )
     else:
         report = _run(args, output)

@@ -11,8 +11,18 @@ Formats read:
   section 2), either as chat ``messages``/``conversations`` (user turn, then the gold as the assistant
   turn) or as ``input``/``output`` fields, with image paths in ``images`` (or ``image``) relative to the
   JSON file.
-* **Predictions**: JSONL with ``prompt``, ``label`` and ``predict`` per line (what the authors' generation
-  script writes, and what :mod:`guardreasoner_vl.evaluation.runner` writes, plus our own fields).
+* **GuardReasoner-VLTest** as the authors publish it (:func:`load_vltest`): one JSON per benchmark. The text
+  ones (``ToxicChat.json``, ``WildGuardTestPrompt.json``, ...) are text benchmarks as above; the image ones
+  (``HarmImageTest.json``, ``SPA_VL_Eval.json``) are chat records ``{"messages": [user, assistant]}`` whose user
+  turn is the VL instruction followed by ``"\n\nHuman user:\n<image>\n..."`` (the authors' scripts cut the
+  turn at that ``Human user:``; we check the part before it is the instruction) and whose assistant turn holds
+  the gold ``Request:`` / ``Response:`` lines. Records name no image: the i-th record's image is the i-th file
+  of the image folder named after the benchmark (``HarmImageTest/``), in sorted file-name order, as the
+  authors' scripts index the dataset's image folder.
+* **Predictions**: JSONL with ``prompt``, ``label`` and ``predict`` per line (what the authors' text generation
+  script writes, and what :mod:`guardreasoner_vl.evaluation.runner` writes, plus our own fields). The VL
+  generation script's layout is read too: ``text_input``, ``text_output`` (the model's output), ``label``,
+  ``predict`` (its own extracted label, kept in ``extra``), and for SPA-VL-Eval ``label_res`` / ``predict_res``.
 * **Our JSONL**: one object a line with ``text``, optional ``response``, optional ``image``/``images``
   (paths relative to the file), and the gold as ``label`` (one label or an ``Answers:`` block) or as
   ``request_label`` / ``response_label`` / ``refusal_label``.
@@ -42,10 +52,11 @@ from guardreasoner_vl.evaluation.registry import (
     find_benchmarks,
     normalize_name,
 )
-from guardreasoner_vl.prompts import IMAGE_MARKER, USER_HEAD, ModelFamily, parse_user_text
+from guardreasoner_vl.prompts import IMAGE_MARKER, USER_HEAD, VL_INSTRUCTION, ModelFamily, parse_user_text
 
 __all__ = [
     "PREDICTIONS_FILE",
+    "VLTEST_FILES",
     "BenchmarkData",
     "EvalSample",
     "PredictionRecord",
@@ -61,6 +72,7 @@ __all__ = [
     "load_samples",
     "load_text_benchmark",
     "load_vl_benchmark",
+    "load_vltest",
     "parse_user_turn",
 ]
 
@@ -77,6 +89,7 @@ _CLASSES: dict[str, tuple[str, ...]] = {
     "refusal": ("refusal", "compliance"),
 }
 _MISSING = {"", "none", "null", "n/a", "nan"}
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 # -- gold labels ---------------------------------------------------------------------------------------------
@@ -286,7 +299,38 @@ def _resolve_images(record: dict[str, Any], root: Path, where: str) -> tuple[Pat
     return tuple(paths)
 
 
-def load_vl_benchmark(path: str | Path, *, image_root: str | Path | None = None) -> list[EvalSample]:
+def _strip_instruction(user: str) -> str:
+    """The ``Human user:`` part of a user turn that starts with the VL instruction (the VLTest layout)."""
+    if user.startswith(USER_HEAD):
+        return user
+    cut = user.find("\n\n" + USER_HEAD)
+    if cut < 0:
+        raise InvalidInputError(
+            f"the user turn must start with {USER_HEAD!r}, or with the VL instruction and then "
+            f"'\\n\\n{USER_HEAD!r}' (GuardReasoner-VLTest); found {user[:60]!r}"
+        )
+    prefix = user[:cut]
+    if " ".join(prefix.split()) != " ".join(VL_INSTRUCTION.split()):
+        raise InvalidInputError(
+            f"the text before 'Human user:' is not the GuardReasoner-VL instruction; expected "
+            f"{VL_INSTRUCTION[:50]!r}..., found {prefix[:80]!r}"
+        )
+    return user[cut + 2 :]
+
+
+def _image_folder(folder: Path, count: int, where: str) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    if len(files) != count:
+        raise InvalidInputError(
+            f"{where}: the records are aligned by index with the images of {folder}, but it holds "
+            f"{len(files)} image(s) for {count} record(s)"
+        )
+    return files
+
+
+def load_vl_benchmark(
+    path: str | Path, *, image_root: str | Path | None = None, image_dir: str | Path | None = None
+) -> list[EvalSample]:
     """Load a VL benchmark: a JSON list of records in the VL user-turn layout, plus image files.
 
     A record is either chat style, ``{"messages": [{"role": "user", "content": "Human user:\\n<image>\\n..."},
@@ -295,18 +339,31 @@ def load_vl_benchmark(path: str | Path, *, image_root: str | Path | None = None)
     <gold>, "images": [...]}``. A ``label`` field, when present, is the gold and wins over the assistant turn.
     The gold is one label or a block with ``Request:`` / ``Response:`` lines (a ``<result>`` block does).
 
+    GuardReasoner-VLTest's layout works too: the user turn may start with the VL instruction (it must be
+    that instruction), and records that name no image take theirs by index from an image folder.
+
     Args:
         path: the JSON file.
         image_root: where relative image paths start (default: the JSON file's folder).
+        image_dir: the image folder records without ``images`` are aligned with, i-th record to i-th file in
+            sorted name order (default: the folder named like the JSON file, ``HarmImageTest/`` beside
+            ``HarmImageTest.json``, when it exists).
 
     Raises:
-        InvalidInputError: a record is malformed, an image is missing, or the ``<image>`` markers do not
-            match the images.
+        InvalidInputError: a record is malformed, an image is missing, the images of the folder do not match
+            the records one to one, or the ``<image>`` markers do not match the images.
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
+    records = _read_json_list(path)
+    folder = Path(image_dir) if image_dir is not None else path.with_suffix("")
+    by_index: list[Path] | None = None
+    if any(isinstance(r, dict) and "images" not in r and "image" not in r for r in records) and folder.is_dir():
+        by_index = _image_folder(folder, len(records), str(path))
+    elif image_dir is not None:
+        raise InvalidInputError(f"{path}: image_dir {folder} is not a folder")
     samples = []
-    for index, record in enumerate(_read_json_list(path)):
+    for index, record in enumerate(records):
         where = f"{path} record {index}"
         if not isinstance(record, dict):
             raise InvalidInputError(f"{where}: expected an object")
@@ -329,10 +386,12 @@ def load_vl_benchmark(path: str | Path, *, image_root: str | Path | None = None)
         if not isinstance(user, str):
             raise InvalidInputError(f"{where}: no user turn found (expected 'messages' or 'input')")
         try:
-            prompt, response, markers = parse_user_turn(user, layout="vl")
+            prompt, response, markers = parse_user_turn(_strip_instruction(user), layout="vl")
         except InvalidInputError as exc:
             raise InvalidInputError(f"{where}: {exc}") from None
         images = _resolve_images(record, root, where)
+        if not images and by_index is not None and markers:
+            images = (by_index[index],)
         if markers != len(images) and not (markers == 1 and len(images) > 1):
             raise InvalidInputError(
                 f"{where}: the user turn has {markers} {IMAGE_MARKER} marker(s) but the record has "
@@ -455,8 +514,16 @@ class BenchmarkData:
 
     @property
     def folder(self) -> str:
-        """Folder name of its predictions (the authors' name for known benchmarks)."""
-        return self.specs[0].folder
+        """Folder name of its predictions (the authors' name for known benchmarks; a file of one task of a
+        benchmark the authors split, ``WildGuardTestPrompt.json``, keeps its split name)."""
+        first = self.specs[0]
+        if (
+            len(self.specs) == 1
+            and first.split_folder
+            and normalize_name(self.path.name) == normalize_name(first.split_folder)
+        ):
+            return first.split_folder
+        return first.folder
 
     @property
     def modality(self) -> Modality:
@@ -513,6 +580,56 @@ def load_benchmark(path: str | Path, *, name: str | None = None, task: Task | No
     return BenchmarkData(scored[0].name, path, tuple(samples), tuple(scored))
 
 
+VLTEST_FILES = (
+    "ToxicChat",
+    "HarmBenchPrompt",
+    "OpenAIModeration",
+    "AegisSafetyTest",
+    "SimpleSafetyTests",
+    "WildGuardTestPrompt",
+    "HarmImageTest",
+    "SPA_VL_Eval",
+    "HarmBenchResponse",
+    "SafeRLHF",
+    "BeaverTails",
+    "XSTestReponseHarmful",
+    "WildGuardTestResponse",
+)
+"""The benchmark files of GuardReasoner-VLTest, named as the authors' scripts name them (sic)."""
+
+
+def load_vltest(root: str | Path, *, only: Iterable[str] | None = None) -> list[BenchmarkData]:
+    """Load GuardReasoner-VLTest as the authors publish it: ``<root>/test/<Name>.json`` (or ``<root>/<Name>.json``)
+    for each name of :data:`VLTEST_FILES`, images of ``HarmImageTest`` and ``SPA_VL_Eval`` aligned by index
+    from the folders ``<Name>/`` beside them (see the module docs).
+
+    Args:
+        root: the downloaded dataset folder.
+        only: load only these benchmarks (any name the registry matches).
+
+    Raises:
+        InvalidInputError: no such folder, a file is missing (every file of the set must be there unless
+            ``only`` narrows it: a missing benchmark would silently shrink the averages), or malformed.
+    """
+    root = Path(root)
+    base = root / "test" if (root / "test").is_dir() else root
+    if not base.is_dir():
+        raise InvalidInputError(f"{root} is not a folder")
+    names = list(VLTEST_FILES)
+    if only is not None:
+        wanted = {spec.key for n in only for spec in find_benchmarks(n)}
+        names = [n for n in names if any(s.key in wanted for s in find_benchmarks(n))]
+        if not names:
+            raise InvalidInputError(f"none of {sorted(only)} is a GuardReasoner-VLTest benchmark")
+    missing = [n for n in names if not (base / f"{n}.json").is_file()]
+    if missing:
+        raise InvalidInputError(
+            f"{base} lacks {', '.join(f'{n}.json' for n in missing)}; GuardReasoner-VLTest has "
+            f"{len(VLTEST_FILES)} files (pass only=... to load a part)"
+        )
+    return [load_benchmark(base / f"{n}.json") for n in names]
+
+
 def _custom_name(path: Path) -> str:
     stem = path.name
     for suffix in (".jsonl", ".json"):
@@ -563,21 +680,54 @@ class PredictionRecord:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-def load_predictions(path: str | Path) -> list[PredictionRecord]:
+def _authors_vl_row(obj: dict[str, Any], where: str, task: Task | None) -> tuple[str, str, Any]:
+    """``(prompt, output, label)`` of a row the authors' VL generation script wrote."""
+    output = obj["text_output"]
+    if not isinstance(output, str):
+        raise InvalidInputError(f"{where}: 'text_output' must be a string (the model's output)")
+    label, label_res = obj.get("label"), obj.get("label_res")
+    for name, value in (("label", label), ("label_res", label_res)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidInputError(f"{where}: {name!r} must be a string or null")
+    if "label_res" in obj:  # SPA-VL-Eval: one file, both tasks
+        label = _labels_block(label, None, label_res)
+    elif isinstance(label, str) and task is not None and not _GOLD_LINE.search(label):
+        label = _labels_block(*(label if task == t else None for t in ("request", "refusal", "response")))
+    return str(obj.get("text_input") or ""), output, label
+
+
+def load_predictions(path: str | Path, *, task: Task | None = None) -> list[PredictionRecord]:
     """Load a predictions JSONL (``prompt``, ``label``, ``predict`` per line, extra fields kept).
 
+    Rows in the authors' VL layout (``text_output`` present) are read as: prompt ``text_input``, output
+    ``text_output``, gold ``label`` (and ``label_res`` for the response task of SPA-VL-Eval: the two become
+    one ``Request:`` / ``Response:`` block); their ``predict``/``predict_res`` (the script's own reading of
+    the output) stay in ``extra``.
+
+    Args:
+        path: the file.
+        task: the one task the file is for, when it is one split of a benchmark scored on several tasks
+            (``WildGuardTestPrompt``): a bare gold label of an authors' VL row then belongs to that task.
+
     Raises:
-        InvalidInputError: a line is not an object with a string ``predict``.
+        InvalidInputError: a line is not an object with a string ``predict`` (or ``text_output``).
     """
     path = Path(path)
     records = []
     for number, obj in iter_jsonl(path):
-        predict = obj.get("predict")
+        where = f"{path} line {number}"
+        authors_vl = "text_output" in obj
+        predict: Any
+        label: Any
+        if authors_vl:
+            prompt, predict, label = _authors_vl_row(obj, where, task)
+            obj = {**obj, "prompt": prompt}
+        else:
+            predict, label = obj.get("predict"), obj.get("label")
         if not isinstance(predict, str):
-            raise InvalidInputError(f"{path} line {number}: 'predict' must be a string (the model's output)")
-        label = obj.get("label")
+            raise InvalidInputError(f"{where}: 'predict' must be a string (the model's output)")
         if label is not None and not isinstance(label, str):
-            raise InvalidInputError(f"{path} line {number}: 'label' must be a string or null")
+            raise InvalidInputError(f"{where}: 'label' must be a string or null")
         usage = obj.get("usage")
         tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
         records.append(
@@ -589,7 +739,11 @@ def load_predictions(path: str | Path) -> list[PredictionRecord]:
                 status=obj.get("status") if isinstance(obj.get("status"), str) else None,
                 completion_tokens=tokens if isinstance(tokens, int) else None,
                 line=number,
-                extra={k: v for k, v in obj.items() if k not in ("prompt", "label", "predict")},
+                extra={
+                    k: v
+                    for k, v in obj.items()
+                    if k not in ("prompt", "label", "text_input", "text_output") and (authors_vl or k != "predict")
+                },
             )
         )
     return records

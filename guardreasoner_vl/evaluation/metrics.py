@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, TypedDict
 
 from guardreasoner_vl.evaluation.loaders import PredictionRecord, gold_for
-from guardreasoner_vl.evaluation.registry import BenchmarkSpec, Modality, Task
+from guardreasoner_vl.evaluation.registry import BenchmarkSpec, Modality, Task, paper_benchmarks
 from guardreasoner_vl.parsing import parse_output
 
 __all__ = [
@@ -129,7 +129,8 @@ class BenchmarkScore:
         task: ``request``, ``response`` or ``refusal``.
         modality: ``text``, ``image`` or ``text+image``.
         mode: ``strict`` or ``reference``.
-        samples: rows in the predictions file; the weight in averages (the authors weigh by it too).
+        samples: rows in the predictions file; the weight in averages unless ``weight`` says otherwise (the
+            authors' text scorer weighs by it).
         scored: entries that went into F1 (strict: rows with a gold label; reference: after the authors'
             scorer drops and duplicates rows).
         tp, fp, fn, tn: confusion counts over the scored entries (positive: harmful, or refusal).
@@ -145,6 +146,8 @@ class BenchmarkScore:
         dropped: reference mode: rows the authors' scorer left out.
         notes: anything worth knowing about this score (e.g. where the authors' scorer would have crashed).
         source: the predictions file.
+        weight: the benchmark's weight in the averages when it is not ``samples`` (the authors' VL scorer
+            weighs by the entries scored); None means ``samples``.
     """
 
     benchmark: str
@@ -172,10 +175,16 @@ class BenchmarkScore:
     dropped: int = 0
     notes: tuple[str, ...] = ()
     source: str | None = None
+    weight: int | None = None
 
     @property
     def key(self) -> str:
         return f"{self.benchmark}/{self.task}"
+
+    @property
+    def average_weight(self) -> int:
+        """This benchmark's weight in ``Avg (Text)`` / ``Avg (All)``."""
+        return self.samples if self.weight is None else self.weight
 
     @property
     def parse_failure_rate(self) -> float:
@@ -282,6 +291,8 @@ class TaskAverage:
         avg_all: the same over every benchmark present.
         text_samples, all_samples: the total weights.
         benchmarks: the benchmarks that went into ``avg_all``.
+        missing: the paper's benchmarks of this task that are not in the run (``avg_all`` and, for the text
+            ones, ``avg_text`` are then averages over fewer benchmarks than the paper's; reports say so).
     """
 
     mode: Mode
@@ -291,10 +302,18 @@ class TaskAverage:
     text_samples: int
     all_samples: int
     benchmarks: tuple[str, ...]
+    missing: tuple[str, ...] = ()
+
+    @property
+    def missing_text(self) -> tuple[str, ...]:
+        """The missing paper benchmarks that ``Avg (Text)`` would include."""
+        text = {s.name for s in paper_benchmarks(self.task) if s.modality == "text"}
+        return tuple(m for m in self.missing if m in text)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["benchmarks"] = list(self.benchmarks)
+        data["missing"] = list(self.missing)
         return data
 
     @classmethod
@@ -302,18 +321,22 @@ class TaskAverage:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["benchmarks"] = tuple(values.get("benchmarks") or ())
+        values["missing"] = tuple(values.get("missing") or ())
         return cls(**values)
 
 
 def _weighted(scores: Sequence[BenchmarkScore]) -> tuple[float | None, int]:
-    total = sum(s.samples for s in scores)
+    total = sum(s.average_weight for s in scores)
     if not total:
         return None, 0
-    return sum(s.f1 * s.samples for s in scores) / total, total
+    return sum(s.f1 * s.average_weight for s in scores) / total, total
 
 
 def weighted_averages(scores: Iterable[BenchmarkScore]) -> list[TaskAverage]:
     """``Avg (Text)`` and ``Avg (All)`` per mode and task, weighted by sample count, over the benchmarks present.
+
+    The paper's benchmarks of the task that are absent are listed in :attr:`TaskAverage.missing`, so that an
+    average over fewer benchmarks is never mistaken for the paper's.
 
     Example:
         >>> a = score_strict([PredictionRecord("", "harmful", "Request: harmful")] * 3,
@@ -333,5 +356,8 @@ def weighted_averages(scores: Iterable[BenchmarkScore]) -> list[TaskAverage]:
                 continue
             text_avg, text_n = _weighted([s for s in group if s.modality == "text"])
             all_avg, all_n = _weighted(group)
-            out.append(TaskAverage(mode, task, text_avg, all_avg, text_n, all_n, tuple(s.benchmark for s in group)))
+            present = {s.benchmark for s in group}
+            missing = tuple(dict.fromkeys(s.name for s in paper_benchmarks(task) if s.name not in present))
+            names = tuple(s.benchmark for s in group)
+            out.append(TaskAverage(mode, task, text_avg, all_avg, text_n, all_n, names, missing))
     return out

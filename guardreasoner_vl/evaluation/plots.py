@@ -1,25 +1,31 @@
-"""PNG plots of an evaluation report, drawn with matplotlib's Agg canvas (no display, no pyplot state).
+"""PNG plots of evaluation results, drawn with matplotlib's Agg canvas (no display, no pyplot state).
 
 Needs the ``eval`` extra (``pip install "guardreasoner-vl[eval]"``); matplotlib is imported inside each
 function, so importing this module is cheap.
+
+The plots take the figures themselves (scores, lengths, score metrics) and a title, not a report: the report
+module calls them (:func:`guardreasoner_vl.evaluation.report.plot_report`), and this module imports nothing
+of it.
 
 * :func:`plot_f1`: per-benchmark F1 bars of one scoring mode, coloured by task;
 * :func:`plot_confusion`: one confusion matrix per benchmark (strict mode adds an "unparsed" column);
 * :func:`plot_output_lengths`: histogram of output lengths (tokens when known, else characters);
 * :func:`plot_comparison`: two runs' F1 side by side;
-* :func:`plot_report`: all of the report's plots into one folder.
+* :func:`plot_pr_curves`: precision-recall curves of the verdict scores, one per benchmark/task;
+* :func:`plot_reliability`: the reliability diagram of the verdict scores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.errors import require
 
 if TYPE_CHECKING:
-    from guardreasoner_vl.evaluation.metrics import BenchmarkScore, Mode
-    from guardreasoner_vl.evaluation.report import EvalReport
+    from guardreasoner_vl.evaluation.metrics import BenchmarkScore, LengthStats, Mode
+    from guardreasoner_vl.evaluation.probabilities import ScoreMetrics
 
 __all__ = [
     "confusion_matrix",
@@ -27,7 +33,8 @@ __all__ = [
     "plot_confusion",
     "plot_f1",
     "plot_output_lengths",
-    "plot_report",
+    "plot_pr_curves",
+    "plot_reliability",
 ]
 
 _TASK_COLOURS = {"request": "#4C72B0", "response": "#DD8452", "refusal": "#55A868"}
@@ -56,9 +63,8 @@ def _label(score: BenchmarkScore) -> str:
     return f"{score.benchmark}\n({score.task})"
 
 
-def plot_f1(report: EvalReport, path: str | Path, *, mode: Mode = "strict") -> Path:
-    """Bars of F1 per benchmark/task in ``mode``, with the values written on the bars."""
-    scores = report.scores_for(mode)
+def plot_f1(name: str, scores: Sequence[BenchmarkScore], path: str | Path, *, mode: Mode = "strict") -> Path:
+    """Bars of F1 per benchmark/task (the ``scores`` of one ``mode``), with the values written on the bars."""
     figure = _figure(max(6.0, 1.1 * len(scores) + 2), 4.5)
     axes = figure.add_subplot(1, 1, 1)
     xs = range(len(scores))
@@ -74,7 +80,7 @@ def plot_f1(report: EvalReport, path: str | Path, *, mode: Mode = "strict") -> P
     axes.set_xticks(list(xs), [_label(s) for s in scores], rotation=45, ha="right", fontsize=8)
     axes.set_ylim(0, 105)
     axes.set_ylabel("F1 (%)")
-    axes.set_title(f"{report.name}: F1 per benchmark ({mode} scoring)", fontsize=10)
+    axes.set_title(f"{name}: F1 per benchmark ({mode} scoring)", fontsize=10)
     from matplotlib.patches import Patch
 
     present = [t for t in _TASK_COLOURS if any(s.task == t for s in scores)]
@@ -103,9 +109,8 @@ def confusion_matrix(score: BenchmarkScore) -> tuple[list[str], list[str], list[
     return rows, cols, matrix
 
 
-def plot_confusion(report: EvalReport, path: str | Path, *, mode: Mode = "strict") -> Path:
-    """One confusion matrix per benchmark/task of ``mode``, in a grid."""
-    scores = report.scores_for(mode)
+def plot_confusion(name: str, scores: Sequence[BenchmarkScore], path: str | Path, *, mode: Mode = "strict") -> Path:
+    """One confusion matrix per benchmark/task (the ``scores`` of one ``mode``), in a grid."""
     n = max(1, len(scores))
     cols = min(4, n)
     rows = (n + cols - 1) // cols
@@ -124,7 +129,7 @@ def plot_confusion(report: EvalReport, path: str | Path, *, mode: Mode = "strict
         axes.set_title(f"{score.benchmark} ({score.task})\nF1 {score.f1:.2f}", fontsize=8)
     if not scores:
         figure.add_subplot(1, 1, 1).text(0.5, 0.5, "no scores", ha="center")
-    figure.suptitle(f"{report.name}: confusion matrices ({mode} scoring)", fontsize=10)
+    figure.suptitle(f"{name}: confusion matrices ({mode} scoring)", fontsize=10)
     return _save(figure, Path(path))
 
 
@@ -136,41 +141,43 @@ def _edges(values: list[int], bins: int) -> tuple[list[float], float]:
     return [top * i / bins for i in range(bins + 1)], top
 
 
-def plot_output_lengths(report: EvalReport, path: str | Path, *, bins: int = 30) -> Path:
+def plot_output_lengths(name: str, lengths: Mapping[str, LengthStats], path: str | Path, *, bins: int = 30) -> Path:
     """Histogram of output lengths per benchmark (one panel per unit: tokens, characters).
 
     All benchmarks of a panel share the bins, from 0 to the 99th percentile of all lengths; longer outputs
     are counted in the last bin.
     """
-    units = sorted({s.unit for s in report.lengths.values()}, reverse=True) or ["tokens"]
+    units = sorted({s.unit for s in lengths.values()}, reverse=True) or ["tokens"]
     figure = _figure(7.0, 3.6 * len(units))
     for index, unit in enumerate(units):
         axes = figure.add_subplot(len(units), 1, index + 1)
-        series = [(n, s) for n, s in report.lengths.items() if s.unit == unit and s.values]
+        series = [(n, s) for n, s in lengths.items() if s.unit == unit and s.values]
         edges, top = _edges([v for _, s in series for v in s.values], bins)
-        for name, stats in series:
+        for benchmark, stats in series:
             clipped = [min(float(v), top) for v in stats.values]
-            axes.hist(clipped, bins=edges, histtype="step", linewidth=1.4, label=f"{name} (mean {stats.mean:.0f})")
+            axes.hist(clipped, bins=edges, histtype="step", linewidth=1.4, label=f"{benchmark} (mean {stats.mean:.0f})")
         if series:
             axes.legend(fontsize=7)
         else:
             axes.text(0.5, 0.5, "no lengths recorded", ha="center", va="center", transform=axes.transAxes)
         axes.set_xlabel(f"output length ({unit}; last bin: {top:.0f} and longer)")
         axes.set_ylabel("outputs")
-    figure.suptitle(f"{report.name}: output length", fontsize=10)
+    figure.suptitle(f"{name}: output length", fontsize=10)
     return _save(figure, Path(path))
 
 
-def plot_comparison(a: EvalReport, b: EvalReport, path: str | Path, *, mode: Mode = "strict") -> Path:
-    """Grouped F1 bars of two runs over the benchmark/tasks either of them has."""
+def plot_comparison(
+    a: tuple[str, Sequence[BenchmarkScore]], b: tuple[str, Sequence[BenchmarkScore]], path: str | Path, *, mode: Mode
+) -> Path:
+    """Grouped F1 bars of two runs, each ``(name, scores of one mode)``, over the benchmark/tasks either has."""
     keys: list[tuple[str, str]] = []
-    for report in (a, b):
-        for s in report.scores_for(mode):
+    for _, scores in (a, b):
+        for s in scores:
             if (s.benchmark, s.task) not in keys:
                 keys.append((s.benchmark, s.task))
 
-    def f1(report: EvalReport, benchmark: str, task: str) -> float:
-        for s in report.scores_for(mode):
+    def f1(scores: Sequence[BenchmarkScore], benchmark: str, task: str) -> float:
+        for s in scores:
             if s.benchmark == benchmark and s.task == task:
                 return s.f1
         return 0.0
@@ -179,8 +186,8 @@ def plot_comparison(a: EvalReport, b: EvalReport, path: str | Path, *, mode: Mod
     axes = figure.add_subplot(1, 1, 1)
     width = 0.4
     xs = list(range(len(keys)))
-    axes.bar([x - width / 2 for x in xs], [f1(a, *k) for k in keys], width, label=f"A: {a.name}", color="#4C72B0")
-    axes.bar([x + width / 2 for x in xs], [f1(b, *k) for k in keys], width, label=f"B: {b.name}", color="#DD8452")
+    axes.bar([x - width / 2 for x in xs], [f1(a[1], *k) for k in keys], width, label=f"A: {a[0]}", color="#4C72B0")
+    axes.bar([x + width / 2 for x in xs], [f1(b[1], *k) for k in keys], width, label=f"B: {b[0]}", color="#DD8452")
     axes.set_xticks(xs, [f"{n}\n({t})" for n, t in keys], rotation=45, ha="right", fontsize=8)
     axes.set_ylim(0, 105)
     axes.set_ylabel("F1 (%)")
@@ -189,13 +196,52 @@ def plot_comparison(a: EvalReport, b: EvalReport, path: str | Path, *, mode: Mod
     return _save(figure, Path(path))
 
 
-def plot_report(report: EvalReport, folder: str | Path) -> dict[str, Path]:
-    """Every plot of ``report`` into ``folder``: ``f1_<mode>.png``, ``confusion_<mode>.png``, ``output_length.png``."""
-    folder = Path(folder)
-    written: dict[str, Path] = {}
-    for mode in report.modes:
-        written[f"f1_{mode}"] = plot_f1(report, folder / f"f1_{mode}.png", mode=mode)
-        written[f"confusion_{mode}"] = plot_confusion(report, folder / f"confusion_{mode}.png", mode=mode)
-    if report.lengths:
-        written["output_length"] = plot_output_lengths(report, folder / "output_length.png")
-    return written
+def plot_pr_curves(name: str, metrics: Sequence[ScoreMetrics], path: str | Path) -> Path:
+    """Precision-recall curves of the verdict scores (a step per distinct score), one line per benchmark/task,
+    with the AUPRC in the legend. Metrics read back from JSON carry no arrays and are left out."""
+    from guardreasoner_vl.evaluation.probabilities import precision_recall_curve
+
+    figure = _figure(6.5, 5.0)
+    axes = figure.add_subplot(1, 1, 1)
+    drawn = 0
+    for m in metrics:
+        precision, recall, _ = precision_recall_curve(m.labels, m.scores)
+        if not precision:
+            continue
+        auprc = "–" if m.auprc is None else f"{m.auprc:.3f}"
+        axes.step([0.0, *recall], [precision[0], *precision], where="post", label=f"{m.key} (AUPRC {auprc})")
+        drawn += 1
+    if not drawn:
+        axes.text(0.5, 0.5, "no scores with both classes", ha="center", va="center", transform=axes.transAxes)
+    else:
+        axes.legend(fontsize=7, loc="lower left")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_title(f"{name}: precision-recall of the verdict scores", fontsize=10)
+    return _save(figure, Path(path))
+
+
+def plot_reliability(name: str, metrics: Sequence[ScoreMetrics], path: str | Path) -> Path:
+    """Reliability diagram: per benchmark/task, the positive rate against the mean score of each non-empty
+    bin (marker area grows with the bin's rows), the diagonal of perfect calibration, ECE in the legend."""
+    figure = _figure(6.5, 5.0)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    for m in metrics:
+        filled = [b for b in m.reliability if b.count]
+        if not filled:
+            continue
+        xs = [b.mean_score or 0.0 for b in filled]
+        ys = [b.positive_rate or 0.0 for b in filled]
+        top = max(b.count for b in filled)
+        line = axes.plot(xs, ys, linewidth=1.2, label=f"{m.key} (ECE {m.ece:.3f})")
+        axes.scatter(xs, ys, s=[12 + 60 * b.count / top for b in filled], color=line[0].get_color())
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel(f"mean score in bin ({metrics[0].bins if metrics else 10} equal-width bins)")
+    axes.set_ylabel("fraction positive")
+    axes.legend(fontsize=7, loc="upper left")
+    axes.set_title(f"{name}: reliability of the verdict scores", fontsize=10)
+    return _save(figure, Path(path))

@@ -10,6 +10,10 @@ Names are matched loosely (:func:`find_benchmarks`): case and punctuation are ig
 prefixes (``0_6_xstest_response_harmful.json``) are dropped, and the authors' folder spelling
 ``XSTestReponseHarmful`` (sic) maps to ``XSTestResponseHarmful``.
 
+The GuardReasoner-VL authors keep WildGuardTest as two files, ``WildGuardTestPrompt`` (request task) and
+``WildGuardTestResponse`` (response task), and spell SPA-VL-Eval ``SPA_VL_Eval``; these names match too, each
+split name to its one task (:attr:`BenchmarkSpec.split_folder` is its predictions folder in that layout).
+
 Example:
     >>> [b.task for b in find_benchmarks("WildGuardTest")]
     ['request', 'response']
@@ -17,6 +21,8 @@ Example:
     'XSTestResponseHarmful'
     >>> get_benchmark("0_3_harmbench_prompt.json").key
     'HarmBenchPrompt/request'
+    >>> [b.key for b in find_benchmarks("WildGuardTestResponse")]
+    ['WildGuardTest/response']
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ __all__ = [
     "find_benchmarks",
     "get_benchmark",
     "normalize_name",
+    "paper_benchmarks",
     "positive_label",
 ]
 
@@ -66,6 +73,8 @@ class BenchmarkSpec:
         label_block: the authors' gold labels for it are an ``Answers:`` block rather than one label, and
             their scorer reads the label with the verdict regex (SafeRLHF, BeaverTails, WildGuardTest).
         in_vl_paper: one of the 14 pairs of the GuardReasoner-VL paper.
+        split_folder: for a benchmark scored on several tasks, the authors' VL name of this task's own file
+            and predictions folder (``WildGuardTestPrompt``); None when one file serves every task.
     """
 
     name: str
@@ -76,6 +85,7 @@ class BenchmarkSpec:
     aliases: tuple[str, ...] = ()
     label_block: bool = False
     in_vl_paper: bool = True
+    split_folder: str | None = None
 
     @property
     def key(self) -> str:
@@ -97,8 +107,11 @@ def _spec(
     folder: str | None = None,
     label_block: bool = False,
     in_vl_paper: bool = True,
+    split_folder: str | None = None,
 ) -> BenchmarkSpec:
-    return BenchmarkSpec(name, task, modality, size, folder or name, aliases, label_block, in_vl_paper)
+    if split_folder is not None:
+        aliases = (*aliases, split_folder)
+    return BenchmarkSpec(name, task, modality, size, folder or name, aliases, label_block, in_vl_paper, split_folder)
 
 
 BENCHMARKS: tuple[BenchmarkSpec, ...] = (
@@ -108,9 +121,18 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
     _spec("AegisSafetyTest", "request", "text", 359, "aegis_safety_test", "aegis"),
     _spec("SimpleSafetyTests", "request", "text", 100, "simple_safety_tests"),
     _spec("HarmBenchPrompt", "request", "text", 239, "harmbench_prompt"),
-    _spec("WildGuardTest", "request", "text", 1756, "wild_guard_test", "wildguard", label_block=True),
+    _spec(
+        "WildGuardTest",
+        "request",
+        "text",
+        1756,
+        "wild_guard_test",
+        "wildguard",
+        label_block=True,
+        split_folder="WildGuardTestPrompt",
+    ),
     _spec("HarmImageTest", "request", "image", 3295, "harm_image_test"),
-    _spec("SPA-VL-Eval", "request", "text+image", 3282, "spa_vl_eval", "spavl"),
+    _spec("SPA-VL-Eval", "request", "text+image", 3282, "spa_vl_eval", "spavl", folder="SPA_VL_Eval"),
     # response harmfulness
     _spec("HarmBenchResponse", "response", "text", 602, "harmbench_response"),
     _spec("SafeRLHF", "response", "text", 2000, "safe_rlhf", "pku_safe_rlhf", label_block=True),
@@ -124,8 +146,17 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
         "xstest_response_harmful",
         folder="XSTestReponseHarmful",
     ),
-    _spec("WildGuardTest", "response", "text", 1768, "wild_guard_test", "wildguard", label_block=True),
-    _spec("SPA-VL-Eval", "response", "text+image", 3282, "spa_vl_eval", "spavl"),
+    _spec(
+        "WildGuardTest",
+        "response",
+        "text",
+        1768,
+        "wild_guard_test",
+        "wildguard",
+        label_block=True,
+        split_folder="WildGuardTestResponse",
+    ),
+    _spec("SPA-VL-Eval", "response", "text+image", 3282, "spa_vl_eval", "spavl", folder="SPA_VL_Eval"),
     # refusal detection (text family; GuardReasoner paper, not the VL paper)
     _spec(
         "XSTestResponseRefusal",
@@ -165,9 +196,19 @@ def _names(spec: BenchmarkSpec) -> set[str]:
 
 
 def find_benchmarks(name: str) -> list[BenchmarkSpec]:
-    """Every registry entry (one per task) whose name, folder or alias matches ``name``; may be empty."""
+    """Every registry entry (one per task) whose name, folder or alias matches ``name``; may be empty.
+
+    A split name (``WildGuardTestPrompt``) matches only its own task.
+    """
     wanted = normalize_name(name)
-    return [spec for spec in BENCHMARKS if wanted in _names(spec)]
+    split = [spec for spec in BENCHMARKS if spec.split_folder and normalize_name(spec.split_folder) == wanted]
+    return split or [spec for spec in BENCHMARKS if wanted in _names(spec)]
+
+
+def paper_benchmarks(task: Task) -> list[BenchmarkSpec]:
+    """The benchmarks a paper table of ``task`` has: the VL paper's for request/response, the text paper's
+    XSTest for refusal (so a run without one of them shows the gap instead of a smaller average)."""
+    return [s for s in BENCHMARKS if s.task == task and (s.in_vl_paper or task == "refusal")]
 
 
 def get_benchmark(name: str, task: Task | None = None) -> BenchmarkSpec:

@@ -6,8 +6,13 @@
   ``Avg (Text)`` and ``Avg (All)`` last; strict mode adds a parse-failure row), then a details table per
   mode (precision, recall, accuracy, confusion counts, parse failures, output length);
 * ``report.json``: every figure (:meth:`EvalReport.to_dict`), readable back with :func:`load_report`;
-* ``plots/*.png``: per-benchmark F1 bars and confusion matrices per mode, the output-length histogram
-  (needs the ``eval`` extra: ``pip install "guardreasoner-vl[eval]"``).
+* ``plots/*.png``: per-benchmark F1 bars and confusion matrices per mode, the output-length histogram, and,
+  when the predictions carry verdict scores, precision-recall curves and a reliability diagram (needs the
+  ``eval`` extra: ``pip install "guardreasoner-vl[eval]"``).
+
+When the predictions carry verdict scores (:mod:`~guardreasoner_vl.evaluation.probabilities`), the report adds
+a "Verdict scores" section (AUROC, AUPRC, F1 at the chosen threshold, the threshold for the target
+false-positive rate, ECE) and ``score_metrics`` in JSON; without scores it is exactly as before.
 
 :func:`write_comparison` puts two runs side by side (``compare.md``, ``compare.json``, ``plots/compare_*.png``).
 """
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from guardreasoner_vl.errors import InvalidInputError
+from guardreasoner_vl.evaluation import plots as plotting
 from guardreasoner_vl.evaluation.metrics import (
     MODES,
     BenchmarkScore,
@@ -30,6 +36,7 @@ from guardreasoner_vl.evaluation.metrics import (
     TaskAverage,
     weighted_averages,
 )
+from guardreasoner_vl.evaluation.probabilities import ScoreMetrics
 from guardreasoner_vl.evaluation.registry import Task
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "EvalReport",
     "compare_markdown",
     "load_report",
+    "plot_report",
     "write_comparison",
     "write_report",
 ]
@@ -79,6 +87,7 @@ class EvalReport:
         meta: how the run was made (model, backend, limits, time, scoring options).
         unknown: prediction folders that match no benchmark (not scored).
         notes: what was left out and why.
+        score_metrics: metrics on the verdict scores, per benchmark/task that has scores (empty without).
     """
 
     name: str
@@ -88,6 +97,7 @@ class EvalReport:
     meta: dict[str, Any] = field(default_factory=dict)
     unknown: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    score_metrics: tuple[ScoreMetrics, ...] = ()
 
     @classmethod
     def build(
@@ -99,6 +109,7 @@ class EvalReport:
         meta: dict[str, Any] | None = None,
         unknown: Sequence[str] = (),
         notes: Sequence[str] = (),
+        score_metrics: Sequence[ScoreMetrics] = (),
     ) -> EvalReport:
         """A report from scores; the averages are computed here."""
         scores = tuple(scores)
@@ -110,6 +121,7 @@ class EvalReport:
             dict(meta or {}),
             tuple(unknown),
             tuple(notes),
+            tuple(score_metrics),
         )
 
     # -- lookups ---------------------------------------------------------------------------------------------
@@ -157,7 +169,7 @@ class EvalReport:
             "output_lengths": {k: v.to_dict() for k, v in self.lengths.items()},
             "unknown_folders": list(self.unknown),
             "notes": list(self.notes),
-        }
+        } | ({"score_metrics": [m.to_dict() for m in self.score_metrics]} if self.score_metrics else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalReport:
@@ -171,6 +183,7 @@ class EvalReport:
         try:
             scores = tuple(BenchmarkScore.from_dict(s) for s in data["scores"])
             lengths = {k: LengthStats(**v) for k, v in (data.get("output_lengths") or {}).items()}
+            score_metrics = tuple(ScoreMetrics.from_dict(m) for m in data.get("score_metrics") or ())
         except (TypeError, KeyError) as exc:
             raise InvalidInputError(f"malformed evaluation report: {exc}") from exc
         return cls.build(
@@ -180,6 +193,7 @@ class EvalReport:
             meta=dict(data.get("meta") or {}),
             unknown=tuple(data.get("unknown_folders") or ()),
             notes=tuple(data.get("notes") or ()),
+            score_metrics=score_metrics,
         )
 
     def to_json(self) -> str:
@@ -238,6 +252,46 @@ class EvalReport:
             rows.append(row)
         return _table(header, rows, align_first=2)
 
+    def score_table(self) -> str:
+        """The verdict-score metrics per benchmark/task (empty string when the predictions had no scores)."""
+        if not self.score_metrics:
+            return ""
+        first = self.score_metrics[0]
+        header = [
+            "Benchmark",
+            "Task",
+            "Rows",
+            "Without score",
+            "Positives",
+            "AUROC",
+            "AUPRC",
+            f"F1 @ {first.threshold:g}",
+            f"Threshold @ FPR ≤ {first.target_fpr:g}",
+            "FPR",
+            "TPR",
+            "F1 there",
+            f"ECE ({first.bins} bins)",
+        ]
+        rows = [
+            [
+                _escape(m.benchmark),
+                m.task,
+                str(m.rows),
+                str(m.unscored),
+                str(m.positives),
+                _fmt(m.auroc, 4),
+                _fmt(m.auprc, 4),
+                _fmt(m.f1_at_threshold),
+                _fmt(m.fpr_threshold, 4),
+                _fmt(m.fpr_at, 4),
+                _fmt(m.tpr_at, 4),
+                _fmt(m.f1_at_fpr_threshold),
+                _fmt(m.ece, 4),
+            ]
+            for m in self.score_metrics
+        ]
+        return _table(header, rows, align_first=2)
+
     def to_markdown(self, *, plots: Sequence[str] = ()) -> str:
         """The whole report as Markdown (``plots``: relative paths of PNGs to embed)."""
         out = [f"# Evaluation: {_escape(self.name)}", ""]
@@ -262,6 +316,15 @@ class EvalReport:
                 for k, v in self.lengths.items()
             ]
             out += [_table(["Benchmark", "Unit", "Rows", "Mean", "Median", "P90", "Max"], rows, align_first=2), ""]
+        if self.score_metrics:
+            out += [
+                "## Verdict scores (probability of the positive label)",
+                "",
+                self.score_table(),
+                "",
+                _SCORES_EXPLAINED,
+                "",
+            ]
         notes = list(self.notes)
         if self.unknown:
             notes.append(f"folders not matching any benchmark (not scored): {', '.join(self.unknown)}")
@@ -282,6 +345,14 @@ _MODES_EXPLAINED = (
     "counted twice, failures on `harmful` samples dropped, ...; see `guardreasoner_vl.evaluation.reference`) "
     "so that published numbers can be re-derived. Averages are weighted by each benchmark's sample count: "
     "Avg (Text) over the text benchmarks present, Avg (All) over all present."
+)
+
+
+_SCORES_EXPLAINED = (
+    "A row is flagged when its score is at least the threshold. AUROC, AUPRC (average precision) and ECE are "
+    "fractions; F1 is in percent. The FPR threshold is the lowest score whose false-positive rate stays within "
+    "the target. ECE: equal-width bins of [0, 1], a score p in bin (low, high] (the first includes 0), "
+    "weighted |positive rate − mean score|. Definitions: `guardreasoner_vl.evaluation.probabilities`."
 )
 
 
@@ -320,7 +391,23 @@ def _paper_table(runs: Sequence[tuple[str, EvalReport]], mode: Mode, task: Task,
     if delta and len(values) == 2:
         diffs = [None if a is None or b is None else b - a for a, b in zip(values[0], values[1], strict=True)]
         rows.append(["Δ (B − A)", *[("–" if d is None else f"{d:+.2f}") for d in diffs]])
-    return _table(header, rows)
+    return _table(header, rows) + _gaps(runs, mode, task)
+
+
+def _gaps(runs: Sequence[tuple[str, EvalReport]], mode: Mode, task: Task) -> str:
+    """A line under a paper table for each run whose averages lack some of the paper's benchmarks."""
+    lines = []
+    for label, report in runs:
+        avg = report.average(mode, task)
+        if avg is None or not avg.missing:
+            continue
+        text = f" (Avg (Text) lacks {', '.join(avg.missing_text)})" if avg.missing_text else ""
+        who = f"{_escape(label)}: " if len(runs) > 1 else ""
+        lines.append(
+            f"\n\n*{who}averages over the {len(avg.benchmarks)} benchmarks present, not the paper's; missing: "
+            f"{', '.join(avg.missing)}{text}.*"
+        )
+    return "".join(lines)
 
 
 def compare_markdown(a: EvalReport, b: EvalReport, *, label_a: str = "A", label_b: str = "B") -> str:
@@ -384,6 +471,33 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def plot_report(report: EvalReport, folder: str | Path) -> dict[str, Path]:
+    """Every plot of ``report`` into ``folder``: ``f1_<mode>.png``, ``confusion_<mode>.png``,
+    ``output_length.png``, and with verdict scores ``pr_curves.png`` and ``reliability.png``.
+
+    Raises:
+        MissingDependencyError: without matplotlib (the ``eval`` extra).
+    """
+    folder = Path(folder)
+    written: dict[str, Path] = {}
+    for mode in report.modes:
+        scores = report.scores_for(mode)
+        written[f"f1_{mode}"] = plotting.plot_f1(report.name, scores, folder / f"f1_{mode}.png", mode=mode)
+        written[f"confusion_{mode}"] = plotting.plot_confusion(
+            report.name, scores, folder / f"confusion_{mode}.png", mode=mode
+        )
+    if report.lengths:
+        written["output_length"] = plotting.plot_output_lengths(
+            report.name, report.lengths, folder / "output_length.png"
+        )
+    if report.score_metrics:
+        written["pr_curves"] = plotting.plot_pr_curves(report.name, report.score_metrics, folder / "pr_curves.png")
+        written["reliability"] = plotting.plot_reliability(
+            report.name, report.score_metrics, folder / "reliability.png"
+        )
+    return written
+
+
 def write_report(report: EvalReport, output_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and (with ``plots=True``) the PNG plots into ``output_dir``.
 
@@ -398,9 +512,7 @@ def write_report(report: EvalReport, output_dir: str | Path, *, plots: bool = Tr
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if plots:
-        from guardreasoner_vl.evaluation import plots as plotting
-
-        written.update(plotting.plot_report(report, out / "plots"))
+        written.update(plot_report(report, out / "plots"))
     rel = [str(p.relative_to(out)) for p in written.values()]
     _write_text(out / REPORT_JSON, report.to_json() + "\n")
     _write_text(out / REPORT_MD, report.to_markdown(plots=rel))
@@ -433,12 +545,13 @@ def write_comparison(a: EvalReport, b: EvalReport, output_dir: str | Path, *, pl
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if plots:
-        from guardreasoner_vl.evaluation import plots as plotting
-
         for mode in MODES:
             if mode in a.modes and mode in b.modes:
                 written[f"compare_{mode}"] = plotting.plot_comparison(
-                    a, b, out / "plots" / f"compare_{mode}.png", mode=mode
+                    (a.name, a.scores_for(mode)),
+                    (b.name, b.scores_for(mode)),
+                    out / "plots" / f"compare_{mode}.png",
+                    mode=mode,
                 )
     text = compare_markdown(a, b)
     if written:

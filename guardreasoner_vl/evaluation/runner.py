@@ -39,6 +39,7 @@ from guardreasoner_vl.evaluation.loaders import (
     load_predictions,
 )
 from guardreasoner_vl.evaluation.metrics import MODES, BenchmarkScore, LengthStats, Mode, length_stats, score_strict
+from guardreasoner_vl.evaluation.probabilities import ScoreMetrics, ScoreOptions, score_metrics
 from guardreasoner_vl.evaluation.reference import ReferenceScorer, score_reference
 from guardreasoner_vl.evaluation.registry import BENCHMARKS, BenchmarkSpec, find_benchmarks
 from guardreasoner_vl.evaluation.report import EvalReport
@@ -49,7 +50,13 @@ if TYPE_CHECKING:
     from guardreasoner_vl.guard import Guard
     from guardreasoner_vl.types import GuardResult
 
-__all__ = ["evaluate", "predictions_path", "run_benchmark", "score_predictions_dir", "score_records"]
+__all__ = [
+    "evaluate",
+    "predictions_path",
+    "run_benchmark",
+    "score_predictions_dir",
+    "score_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +96,10 @@ def _row(guard: Guard, data: BenchmarkData, sample: EvalSample, result: GuardRes
         "usage": result.usage.model_dump(),
         "model": result.model or guard.model_id,
     }
+    for task in ("request", "response", "refusal"):  # verdict scores, when the result carries them
+        value = getattr(result, f"{task}_score", None)
+        if value is not None:
+            row[f"{task}_score"] = value
     return row
 
 
@@ -205,10 +216,14 @@ def _build_report(
     reference_scorer: ReferenceScorer | Literal["auto"],
     meta: dict[str, Any],
     unknown: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    thresholds: ScoreOptions | None = None,
 ) -> EvalReport:
     scores: list[BenchmarkScore] = []
     lengths: dict[str, LengthStats] = {}
-    notes: list[str] = []
+    by_score: list[ScoreMetrics] = []
+    options = thresholds or ScoreOptions()
+    notes = list(notes)
     for spec, records, source in sorted(entries, key=lambda e: _order(e[0])):
         if not records:
             notes.append(f"{spec.key}: no predictions in {source}; not scored")
@@ -217,6 +232,16 @@ def _build_report(
             notes.append(f"{spec.key}: no row has a gold label for this task; not scored")
             continue
         scores.extend(score_records(records, spec, modes=modes, reference_scorer=reference_scorer, source=source))
+        measured = score_metrics(
+            records,
+            spec,
+            threshold=options.threshold,
+            target_fpr=options.target_fpr,
+            bins=options.bins,
+            source=source,
+        )
+        if measured is not None:
+            by_score.append(measured)
         stats = length_stats(records)
         if stats is not None:
             lengths.setdefault(spec.name, stats)
@@ -226,10 +251,18 @@ def _build_report(
         "reference_scorer": reference_scorer,
         **meta,
     }
+    if by_score:
+        meta |= {"threshold": options.threshold, "target_fpr": options.target_fpr, "ece_bins": options.bins}
     for note in notes:
         logger.warning(note)
     return EvalReport.build(
-        name=name, scores=scores, lengths=lengths, meta=meta, unknown=tuple(unknown), notes=tuple(notes)
+        name=name,
+        scores=scores,
+        lengths=lengths,
+        meta=meta,
+        unknown=tuple(unknown),
+        notes=tuple(notes),
+        score_metrics=by_score,
     )
 
 
@@ -252,6 +285,7 @@ def evaluate(
     reference_scorer: ReferenceScorer | Literal["auto"] = "auto",
     progress: ProgressCallback | None = None,
     name: str | None = None,
+    score_options: ScoreOptions | None = None,
 ) -> EvalReport:
     """Run ``guard`` on each benchmark (saving predictions under ``output_dir``) and score the predictions.
 
@@ -266,6 +300,8 @@ def evaluate(
         reference_scorer: which authors' scorer reference mode emulates (``auto`` picks by prompt).
         progress: called after each saved batch.
         name: the run's name in reports (default: the model id).
+        score_options: threshold, target false-positive rate and calibration bins for the verdict scores,
+            when the guard's results carry them.
 
     Returns:
         The :class:`~guardreasoner_vl.evaluation.report.EvalReport` (write it with
@@ -289,8 +325,21 @@ def evaluate(
         "limit": limit,
         "max_new_tokens": guard.params.max_new_tokens,
     }
+    notes = []
+    text = [b.name for b in benchmarks if b.modality == "text"]
+    if guard.family.supports_images and text:
+        notes.append(
+            f"{', '.join(text)}: the VL prompt's user turn ends in one newline after the response; the authors' VL "
+            "generate.py sent these files' own user turn, which ends in two"
+        )
     return _build_report(
-        entries, name=name or guard.model_id, modes=modes, reference_scorer=reference_scorer, meta=meta
+        entries,
+        name=name or guard.model_id,
+        modes=modes,
+        reference_scorer=reference_scorer,
+        meta=meta,
+        notes=notes,
+        thresholds=score_options,
     )
 
 
@@ -301,6 +350,7 @@ def score_predictions_dir(
     reference_scorer: ReferenceScorer | Literal["auto"] = "auto",
     only: Iterable[str] | None = None,
     name: str | None = None,
+    score_options: ScoreOptions | None = None,
 ) -> EvalReport:
     """Score a folder of ``<Benchmark>/generated_predictions.jsonl`` files (no model needed).
 
@@ -313,6 +363,7 @@ def score_predictions_dir(
         reference_scorer: ``text``, ``vl`` or ``auto``.
         only: score only these benchmarks (names or aliases).
         name: the run's name in reports (default: the folder name).
+        score_options: threshold, target false-positive rate and calibration bins for rows with verdict scores.
     """
     modes = _check_modes(modes)
     root = Path(root)
@@ -324,7 +375,8 @@ def score_predictions_dir(
             raise InvalidInputError(f"none of {sorted(only)} has predictions under {root}")
     entries: list[tuple[BenchmarkSpec, Sequence[PredictionRecord], str]] = []
     for found in files:
-        records = load_predictions(found.path)
+        split = found.specs[0] if len(found.specs) == 1 and found.specs[0].split_folder else None
+        records = load_predictions(found.path, task=split.task if split else None)
         entries.extend((spec, records, str(found.path)) for spec in found.specs)
     return _build_report(
         entries,
@@ -333,6 +385,7 @@ def score_predictions_dir(
         reference_scorer=reference_scorer,
         meta={"predictions": str(root)},
         unknown=unknown,
+        thresholds=score_options,
     )
 
 

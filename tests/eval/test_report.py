@@ -128,3 +128,16 @@ def test_docstring_examples_run():
     for module in (package, loaders, metrics, reference, registry, runner):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
+
+
+def test_plots_do_not_import_the_report_module():
+    """No import cycle: report.py draws with plots.py, and plots.py imports nothing of report.py."""
+    import ast
+
+    import guardreasoner_vl.evaluation.plots as plots
+
+    tree = ast.parse(Path(plots.__file__).read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.endswith("evaluation.report") for m in imported), imported
+    assert "guardreasoner_vl.evaluation.metrics" in imported  # it draws from the scores themselves

@@ -11,9 +11,10 @@ images it extracted from a call, and acts on the answer. This module implements 
   ``guardreasoner`` with the full result. The guard never rewrites text, so it never answers
   ``GUARDRAIL_INTERVENED``.
 
-What is judged: for ``input_type="request"``, the last user turn of ``structured_messages`` when present
-(text and images), else all ``texts`` joined; for ``"response"``, the joined ``texts`` as the response, in
-the context of the last user turn of ``structured_messages``. Without that context the response text is
+What is judged: for ``input_type="request"``, the conversation in ``structured_messages`` when present,
+by the rule of :mod:`guardreasoner_vl.conversation` shared with every integration (last user turn as the
+request, earlier turns and tool results as context, images merged), else all ``texts`` joined; for
+``"response"``, the joined ``texts`` as the response, in the context of that conversation. Without that context the response text is
 judged on its own, as a request (the only task the guard can run without the request).
 
 :func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``); configure LiteLLM
@@ -29,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from guardreasoner_vl.conversation import Message, conversation_to_item
 from guardreasoner_vl.errors import InvalidInputError, require
 from guardreasoner_vl.integrations._common import (
     Check,
@@ -41,10 +43,12 @@ from guardreasoner_vl.integrations._common import (
     format_violation,
     image_from_base64,
     image_from_url,
-    openai_content_parts,
+    openai_messages,
     run_async,
     run_sync,
 )
+
+from guardreasoner_vl.types import ModerationItem
 
 if TYPE_CHECKING:
     from guardreasoner_vl.guard import Guard
@@ -78,14 +82,18 @@ def _texts(values: Any) -> str | None:
     return text or None
 
 
-def _user_turn(messages: Any) -> Extracted | None:
-    if not isinstance(messages, list):
+def _conversation(messages: Any) -> list[Message] | None:
+    """``structured_messages`` as neutral messages; ``None`` when absent or holding no user/model content."""
+    if messages is None:
         return None
-    for message in reversed(messages):
-        if isinstance(message, Mapping) and message.get("role") == "user":
-            extracted = openai_content_parts(message.get("content"), role="user")
-            return None if extracted.empty else extracted
-    return None
+    conversation = openai_messages(messages)
+    return None if all(m.role == "system" for m in conversation) else conversation
+
+
+def _with_images(item: ModerationItem, images: list[str]) -> ModerationItem:
+    if not images or item.image is not None:
+        return item
+    return item.model_copy(update={"image": images[0] if len(images) == 1 else images})
 
 
 def _plan(payload: Mapping[str, Any]) -> Plan[tuple[Stage, Any]]:
@@ -95,16 +103,17 @@ def _plan(payload: Mapping[str, Any]) -> Plan[tuple[Stage, Any]]:
     try:
         images = _images(payload.get("images"))
         texts = _texts(payload.get("texts"))
-        turn = _user_turn(payload.get("structured_messages"))
+        conversation = _conversation(payload.get("structured_messages"))
         if stage == "input":
-            text = turn.text if turn is not None else texts
-            found = images or list(turn.images if turn is not None else ())
-            request = Extracted(text, tuple(found))
-            check = None if request.empty else Check.of(request)
+            if conversation is not None:
+                check: Check | None = Check.from_item(_with_images(conversation_to_item(conversation), images))
+            else:
+                request = Extracted(texts, tuple(images))
+                check = None if request.empty else Check.of(request)
         elif texts is None:
             check = None
-        elif turn is not None:
-            check = Check.of(Extracted(turn.text, tuple(turn.images)), response=texts)
+        elif conversation is not None:
+            check = Check.from_item(conversation_to_item(conversation, response=texts))
         else:
             stage = "input"  # no request to judge the response against: judge the text itself
             check = Check.of(Extracted(texts, tuple(images)))

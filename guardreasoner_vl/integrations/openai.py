@@ -301,23 +301,26 @@ async def _aiter(chunks: Any) -> AsyncIterator[Any]:
 _BYPASSES = frozenset({"with_raw_response", "with_streaming_response", "parse", "stream"})
 
 
-def _reply(message: Mapping[str, Any]) -> str | None:
-    """A reply as the guard judges it (text, refusal, audio transcript, tool calls); images are refused."""
-    reply = openai_assistant_message(message)
+def _reply(message: Mapping[str, Any]) -> str | InvalidInputError | None:
+    """A reply as the guard judges it (text, refusal, audio transcript, tool calls), or why it cannot be."""
+    try:
+        reply = openai_assistant_message(message)
+    except InvalidInputError as exc:
+        return exc
     if reply.images:
-        raise InvalidInputError("the guard judges text responses; this assistant message contains images")
+        return InvalidInputError("the guard judges text responses; this assistant message contains images")
     return reply.body()
 
 
-def _choices_text_from_completion(completion: Any) -> dict[int, str | None]:
-    out: dict[int, str | None] = {}
+def _choices_text_from_completion(completion: Any) -> dict[int, str | InvalidInputError | None]:
+    out: dict[int, str | InvalidInputError | None] = {}
     for choice in completion.choices:
         message = choice.message.model_dump(exclude_none=True) if hasattr(choice.message, "model_dump") else {}
         out[choice.index] = _reply(message)
     return out
 
 
-def _choices_text_from_chunks(chunks: Sequence[Any]) -> dict[int, str | None]:
+def _choices_text_from_chunks(chunks: Sequence[Any]) -> dict[int, str | InvalidInputError | None]:
     content: dict[int, list[str]] = {}
     refusal: dict[int, list[str]] = {}
     calls: dict[int, dict[int, dict[str, str]]] = {}
@@ -343,7 +346,7 @@ def _choices_text_from_chunks(chunks: Sequence[Any]) -> dict[int, str | None]:
                 if call.function is not None:
                     slot["name"] += call.function.name or ""
                     slot["arguments"] += call.function.arguments or ""
-    out: dict[int, str | None] = {}
+    out: dict[int, str | InvalidInputError | None] = {}
     for index in content:
         message: dict[str, Any] = {
             "content": "".join(content[index]) or None,
@@ -460,7 +463,9 @@ class _Guarded:
             if text is None:
                 continue
             indexes.append(index)
-            if conversation is None:
+            if isinstance(text, InvalidInputError):
+                checks.append(Check(error=text))
+            elif conversation is None:
                 checks.append(Check(error=request_error))
             else:
                 checks.append(Check.build(lambda sent=conversation, text=text: conversation_to_item(sent, response=text)))

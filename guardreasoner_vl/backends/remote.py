@@ -331,10 +331,12 @@ class RemoteBackend:
         root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
         url = f"{root}/tokenizer_info"
         try:
-            with self._httpx.Client(headers=self._headers, timeout=min(self.timeout_s, 10.0), transport=self._transport) as client:
+            with self._httpx.Client(
+                headers=self._headers, timeout=min(self.timeout_s, 10.0), transport=self._transport
+            ) as client:
                 response = client.get(url)
             info = response.json() if response.status_code == 200 else None
-        except Exception as exc:  # noqa: BLE001 - any failure falls back to the floor
+        except Exception as exc:
             logger.info("could not read %s (%s: %s); special-token filter uses its floor", url, type(exc).__name__, exc)
             return frozenset()
         if not isinstance(info, Mapping):

@@ -432,7 +432,7 @@ def _judge_sync(
     if items:
         try:
             judged = _moderate_with_timeout(guard, items, timeout_s)
-        except Exception as exc:  # noqa: BLE001 - any engine failure follows the policy
+        except Exception as exc:
             judged = _recover(guard, _engine_failure(exc), len(items), policy)
     return _merge(guard, checks, positions, judged, policy)
 
@@ -449,9 +449,9 @@ async def _judge_async(
             else:
                 try:
                     judged = await asyncio.wait_for(guard.amoderate_batch(items), timeout_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise TimeoutError(f"no verdict after {timeout_s:g}s") from None
-        except Exception as exc:  # noqa: BLE001 - any engine failure follows the policy
+        except Exception as exc:
             judged = _recover(guard, _engine_failure(exc), len(items), policy)
     return _merge(guard, checks, positions, judged, policy)
 

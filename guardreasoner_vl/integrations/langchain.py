@@ -55,9 +55,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, cast
-
-from typing_extensions import NotRequired
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired, cast
 
 from guardreasoner_vl.conversation import Message, conversation_to_item, render_tool_calls
 from guardreasoner_vl.errors import GuardViolation, InvalidInputError, require
@@ -373,9 +371,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any]):
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: GuardState, runtime: Runtime[Any]) -> dict[str, Any] | None:  # type: ignore[override]
         """Async :meth:`before_model` (the guard runs through ``amoderate_batch``)."""
-        return await run_async(
-            self._input_plan(state), self.guard, self.on_guard_error, timeout_s=self.guard_timeout_s
-        )
+        return await run_async(self._input_plan(state), self.guard, self.on_guard_error, timeout_s=self.guard_timeout_s)
 
     @hook_config(can_jump_to=["end"])
     def after_model(self, state: GuardState, runtime: Runtime[Any]) -> dict[str, Any] | None:  # type: ignore[override]
@@ -403,9 +399,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any]):
             if call.get("id")
         }
         fresh = [i for i, m in enumerate(messages) if m.id is None or m.id not in known]
-        tool_results = [
-            i for i in fresh if isinstance(messages[i], ToolMessage) and messages[i].tool_call_id in model_calls
-        ]
+        tool_results = [i for i in fresh if _answers(messages[i], model_calls)]
         untrusted = [i for i in fresh if i not in tool_results and not isinstance(messages[i], SystemMessage)]
         record = seen + [str(messages[i].id) for i in fresh if messages[i].id is not None]
         updates: dict[int, BaseMessage] = {}
@@ -468,7 +462,9 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any]):
             raise GuardViolation(text, result=result, stage=stage, message_id=offending[-1].id)
         if self.on_flagged == "block" and stage != "output":
             refusal = AIMessage(
-                content=text, id=f"guardreasoner-{uuid.uuid4().hex}", response_metadata=_metadata(AIMessage(""), stage, result)
+                content=text,
+                id=f"guardreasoner-{uuid.uuid4().hex}",
+                response_metadata=_metadata(AIMessage(""), stage, result),
             )
             return {"jump_to": "end", "messages": [refusal]}
         replaced = []
@@ -480,6 +476,11 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any]):
         if self.on_flagged == "block":
             return {"jump_to": "end", "messages": replaced}
         return {"messages": replaced}
+
+
+def _answers(message: BaseMessage, model_calls: set[Any]) -> bool:
+    """Whether ``message`` is the result of one of the model's own tool calls."""
+    return isinstance(message, ToolMessage) and message.tool_call_id in model_calls
 
 
 def _tool_check(message: BaseMessage) -> Check | None:
@@ -582,7 +583,9 @@ class GuardRunnable(Runnable[Any, Any]):
         self, input: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
     ) -> Any:
         child = patch_config(config, callbacks=run_manager.get_child())
-        return run_sync(self._plan(input, child, kwargs), self.guard, self.on_guard_error, timeout_s=self.guard_timeout_s)
+        return run_sync(
+            self._plan(input, child, kwargs), self.guard, self.on_guard_error, timeout_s=self.guard_timeout_s
+        )
 
     async def _ainvoke(
         self, input: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any

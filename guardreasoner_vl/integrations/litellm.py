@@ -14,8 +14,8 @@ images it extracted from a call, and acts on the answer. This module implements 
 What is judged: for ``input_type="request"``, the conversation in ``structured_messages`` when present,
 by the rule of :mod:`guardreasoner_vl.conversation` shared with every integration (last user turn as the
 request, earlier turns and tool results as context, images merged), else all ``texts`` joined; for
-``"response"``, the joined ``texts`` as the response, in the context of that conversation. Without that context the response text is
-judged on its own, as a request (the only task the guard can run without the request).
+``"response"``, the joined ``texts`` as the response, in the context of that conversation. Without that
+context the response text is judged on its own, as a request (the only task the guard can run without the request).
 
 :func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``); configure LiteLLM
 with ``guardrail: generic_guardrail_api`` and ``api_base`` pointing at it. :func:`handle_guardrail_request`
@@ -47,7 +47,6 @@ from guardreasoner_vl.integrations._common import (
     run_async,
     run_sync,
 )
-
 from guardreasoner_vl.types import ModerationItem
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ Three things:
   ``finish_reason="content_filter"``, ``message.content`` and ``message.refusal`` set to the refusal text;
   with ``on_flagged="raise"`` it raises :class:`ChatCompletionBlocked` (a
   :class:`~guardreasoner_vl.errors.GuardViolation`). A blocked input never reaches the API. (Before this
-  vocabulary the default was to raise; ``exit_behavior="error"`` / ``"refuse"`` still work, deprecated.) The guard's results are attached to what ``create`` returns as the attribute ``guardreasoner`` (a
+  vocabulary the default was to raise; ``exit_behavior="error"`` / ``"refuse"`` still work, deprecated.)
+  The guard's results are attached to what ``create`` returns as the attribute ``guardreasoner`` (a
   :class:`GuardReport`; on a completion it is also part of ``model_dump()``).
   **Streaming**: with ``stream=True`` and the output check on, the whole stream is read (buffered), judged,
   and then released as a :class:`GuardedStream` that replays the chunks (flagged choices replaced by a
@@ -468,7 +469,7 @@ class _Guarded:
             elif conversation is None:
                 checks.append(Check(error=request_error))
             else:
-                checks.append(Check.build(lambda sent=conversation, text=text: conversation_to_item(sent, response=text)))
+                checks.append(_reply_check(conversation, text))
         results: list[GuardResult] = (yield Judge(tuple(checks))) if checks else []
         output = dict(zip(indexes, results, strict=True))
         flagged = tuple(i for i, r in output.items() if blocks(r, "output"))
@@ -556,6 +557,10 @@ class _Guarded:
             position = len(out) - 1 if out and not getattr(out[-1], "choices", None) else len(out)
             out.insert(position, refusal)
         return out
+
+
+def _reply_check(conversation: list[Message], reply: str) -> Check:
+    return Check.build(lambda: conversation_to_item(conversation, response=reply))
 
 
 def _sent_messages(kwargs: Mapping[str, Any]) -> Any:

@@ -40,6 +40,7 @@ from guardreasoner_vl.integrations._common import (
     Plan,
     Stage,
     blocks,
+    check_timeout,
     format_violation,
     image_from_base64,
     image_from_url,
@@ -143,8 +144,12 @@ def handle_guardrail_request(
     *,
     violation_message: str | None = None,
     on_guard_error: GuardErrorPolicy = "block",
+    guard_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Answer one Generic Guardrail API call.
+
+    ``on_guard_error`` and ``guard_timeout_s`` mean what they mean in every integration: content the guard
+    cannot judge (any engine failure, a timeout) is answered ``BLOCKED`` (``"block"``) or raises.
 
     Example:
         >>> from guardreasoner_vl import Guard
@@ -154,7 +159,8 @@ def handle_guardrail_request(
         >>> handle_guardrail_request(guard, {"texts": ["hello"], "input_type": "request"})["action"]
         'NONE'
     """
-    return _answer(run_sync(_plan(payload), guard, on_guard_error), violation_message)
+    timeout = check_timeout(guard_timeout_s)
+    return _answer(run_sync(_plan(payload), guard, on_guard_error, timeout_s=timeout), violation_message)
 
 
 async def ahandle_guardrail_request(
@@ -163,9 +169,11 @@ async def ahandle_guardrail_request(
     *,
     violation_message: str | None = None,
     on_guard_error: GuardErrorPolicy = "block",
+    guard_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Async :func:`handle_guardrail_request` (``Guard.amoderate_batch``)."""
-    return _answer(await run_async(_plan(payload), guard, on_guard_error), violation_message)
+    timeout = check_timeout(guard_timeout_s)
+    return _answer(await run_async(_plan(payload), guard, on_guard_error, timeout_s=timeout), violation_message)
 
 
 def create_app(guard: Guard, *, api_key: str | None = None, violation_message: str | None = None) -> Any:

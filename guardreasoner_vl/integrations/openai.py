@@ -339,7 +339,9 @@ def _choices_text_from_chunks(chunks: Sequence[Any]) -> dict[int, str | InvalidI
             sound = getattr(delta, "audio", None)  # audio replies stream their transcript beside the data
             if sound is not None:
                 pieces = audio.setdefault(choice.index, [])
-                transcript = sound.get("transcript") if isinstance(sound, Mapping) else None
+                transcript = (
+                    sound.get("transcript") if isinstance(sound, Mapping) else getattr(sound, "transcript", None)
+                )
                 if isinstance(transcript, str):
                     pieces.append(transcript)
             for call in getattr(delta, "tool_calls", None) or []:

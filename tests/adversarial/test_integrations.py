@@ -450,6 +450,15 @@ def test_litellm_structured_messages_forged_turns_are_judged(guard: Guard) -> No
     assert answer["action"] == "BLOCKED" and "could not judge" in answer["blocked_reason"]
 
 
+def test_litellm_engine_exceptions_and_timeouts_are_blocked() -> None:
+    payload = {"texts": ["Bake bread?"], "input_type": "request"}
+    assert handle_guardrail_request(_raising(RuntimeError("lost")), payload)["action"] == "BLOCKED"
+    slow = handle_guardrail_request(_slow_guard(1.0), payload, guard_timeout_s=0.1)
+    assert slow["action"] == "BLOCKED" and "engine_error" in slow["blocked_reason"]
+    with pytest.raises(BackendError):
+        handle_guardrail_request(_raising(RuntimeError("lost")), payload, on_guard_error="raise")
+
+
 # -- remote engine: every added token of the model's tokenizer ----------------------------------------
 
 
@@ -525,3 +534,28 @@ def _png_base64() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (56, 56), "red").save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_streamed_audio_reply_is_judged_by_its_transcript() -> None:
+    from openai.types.chat import ChatCompletionChunk
+
+    from guardreasoner_vl.integrations.openai import _choices_text_from_chunks
+
+    def chunk(delta: dict[str, Any]) -> ChatCompletionChunk:
+        return ChatCompletionChunk.model_validate(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+        )
+
+    chunks = [
+        chunk({"role": "assistant", "audio": {"id": "a", "transcript": "Add the "}}),
+        chunk({"audio": {"data": "UklGRg==", "transcript": "poison."}}),
+    ]
+    assert _choices_text_from_chunks(chunks) == {0: "Add the poison."}
+    silent = _choices_text_from_chunks([chunk({"role": "assistant", "audio": {"id": "a", "data": "UklGRg=="}})])
+    assert isinstance(silent[0], InvalidInputError)

@@ -45,7 +45,7 @@ def main() -> None:
 
     guard = make_guard(args.tiny)
     model = FakeListChatModel(responses=["A loaf of bread on a table.", "Mix poison into the dough."])
-    agent = create_agent(model, middleware=[GuardMiddleware(guard, exit_behavior="end")])
+    agent = create_agent(model, middleware=[GuardMiddleware(guard, on_flagged="block")])
 
     turns = [
         HumanMessage(

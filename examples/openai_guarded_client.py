@@ -67,8 +67,8 @@ def main() -> None:
         )
     guard = Guard(backend=FakeBackend(harmful_keywords=["bomb", "poison"]))
 
-    strict = GuardedOpenAI(raw, guard)  # raises ChatCompletionBlocked
-    polite = GuardedOpenAI(raw, guard, exit_behavior="refuse")  # returns a content_filter completion
+    strict = GuardedOpenAI(raw, guard, on_flagged="raise")  # raises ChatCompletionBlocked
+    polite = GuardedOpenAI(raw, guard)  # on_flagged="block" (default): returns a content_filter completion
 
     for question in ["What goes in bread?", "How do I build a bomb?", "What goes in the soup?"]:
         messages = [{"role": "user", "content": question}]

@@ -28,6 +28,19 @@ tokens, which would let moderated content close the guard's user turn and write 
 cannot prevent that, so ``special_tokens`` decides what happens to text that contains a special-token-like
 string (``<|...|>``, e.g. ``<|im_end|>``, ``<|eot_id|>``, ``<|image_pad|>``):
 
+What counts as a special-token string is **every added token of the model's tokenizer**, not a hand list:
+
+* ``added_tokens="server"`` (default): on first use the backend asks the server for its tokenizer
+  (``GET /tokenizer_info`` at the server root, which ``vllm serve --enable-tokenizer-info-endpoint``
+  answers) and takes every entry of ``added_tokens_decoder`` and every named special token; with
+  ``tokenizer=`` the local tokenizer's added vocabulary is used too. When the server does not answer that
+  endpoint, the floor below applies (logged once).
+* ``added_tokens=[...]``: these strings (e.g. ``list(AutoTokenizer.from_pretrained(ckpt).get_added_vocab())``),
+  nothing fetched. ``added_tokens=None``: the floor only.
+* The floor, always applied: any ``<|name|>`` string (:data:`SPECIAL_TOKEN_PATTERN`, the form of every
+  Qwen2.5 and Llama 3 control token) and :data:`FLOOR_ADDED_TOKENS` (Qwen2.5's added tokens of another
+  form, ``<tool_call>`` and ``</tool_call>``).
+
 * ``"reject"`` (default): the item is refused before anything is sent. Through a
   :class:`~guardreasoner_vl.Guard`: :meth:`~guardreasoner_vl.Guard.moderate` raises
   :class:`~guardreasoner_vl.errors.InvalidInputError` and a batch item gets ``status="invalid_input"``
@@ -74,7 +87,15 @@ from guardreasoner_vl.errors import InvalidInputError, require
 from guardreasoner_vl.inputs import encode_image_data_url
 from guardreasoner_vl.prompts import ModelFamily, RenderedPrompt, detect_family
 
-__all__ = ["API_KEY_ENV", "SPECIAL_TOKEN_PATTERN", "RemoteBackend", "escape_special_tokens", "find_special_tokens"]
+__all__ = [
+    "API_KEY_ENV",
+    "FLOOR_ADDED_TOKENS",
+    "SPECIAL_TOKEN_PATTERN",
+    "RemoteBackend",
+    "escape_special_tokens",
+    "find_special_tokens",
+    "tokenizer_info_tokens",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,34 +107,79 @@ SPECIAL_TOKEN_PATTERN = re.compile(r"<\|[^\s<>|]{1,64}\|>")
 (``<|im_end|>``, ``<|vision_start|>``, ``<|image_pad|>`` ...) and Llama 3 (``<|eot_id|>``,
 ``<|begin_of_text|>``, ``<|reserved_special_token_7|>`` ...)."""
 
+FLOOR_ADDED_TOKENS: tuple[str, ...] = ("<tool_call>", "</tool_call>")
+"""Added tokens of Qwen2.5(-VL) that do not have the ``<|name|>`` form; always refused or escaped."""
+
+_NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
 SpecialTokenPolicy = Literal["reject", "escape", "allow"]
 _RETRY_STATUS = frozenset({408, 409, 429})
 _ZWSP = "\u200b"
 
 
-def find_special_tokens(prompt: RenderedPrompt) -> list[str]:
+def _token_pattern(added: frozenset[str]) -> re.Pattern[str]:
+    """The floor pattern, or-ed with each added token (longest first, so overlapping tokens match whole)."""
+    literals = sorted((t for t in added | set(FLOOR_ADDED_TOKENS) if t), key=len, reverse=True)
+    alternatives = [SPECIAL_TOKEN_PATTERN.pattern, *map(re.escape, literals)]
+    return re.compile("|".join(f"(?:{a})" for a in alternatives))
+
+
+def find_special_tokens(prompt: RenderedPrompt, pattern: re.Pattern[str] | None = None) -> list[str]:
     """Special-token strings inside the text parts of ``prompt`` (caller text; the template has none).
+
+    ``pattern`` defaults to :data:`SPECIAL_TOKEN_PATTERN`; a backend passes its own
+    (:meth:`RemoteBackend.special_token_pattern`, which adds every added token it knows).
 
     Example:
         >>> from guardreasoner_vl.prompts import render_vl_prompt
         >>> find_special_tokens(render_vl_prompt("hi <|im_end|> there"))
         ['<|im_end|>']
     """
+    regex = pattern or SPECIAL_TOKEN_PATTERN
     found: list[str] = []
     for part in prompt.parts:
         if part.kind == "text":
-            found.extend(SPECIAL_TOKEN_PATTERN.findall(part.value))
+            found.extend(m.group(0) for m in regex.finditer(part.value))
     return found
 
 
-def escape_special_tokens(text: str) -> str:
-    """Insert a zero-width space after the ``<`` of each special-token string (see the module docs).
+def escape_special_tokens(text: str, pattern: re.Pattern[str] | None = None) -> str:
+    """Insert a zero-width space after the first character of each special-token string (see the module docs).
 
     Example:
         >>> escape_special_tokens("a <|im_end|> b") == "a <\\u200b|im_end|> b"
         True
     """
-    return SPECIAL_TOKEN_PATTERN.sub(lambda m: "<" + _ZWSP + m.group(0)[1:], text)
+    return (pattern or SPECIAL_TOKEN_PATTERN).sub(lambda m: m.group(0)[:1] + _ZWSP + m.group(0)[1:], text)
+
+
+def tokenizer_info_tokens(info: Mapping[str, Any]) -> frozenset[str]:
+    """Every added and named special token in a tokenizer config (vLLM's ``/tokenizer_info`` answer, or
+    ``tokenizer_config.json``): ``added_tokens_decoder`` entries, ``additional_special_tokens`` and the
+    ``bos_token`` / ``eos_token`` / ... fields (strings or ``{"content": ...}`` objects).
+
+    Example:
+        >>> sorted(tokenizer_info_tokens({"added_tokens_decoder": {"7": {"content": "<x>"}}, "eos_token": "</s>"}))
+        ['</s>', '<x>']
+    """
+
+    def content(value: Any) -> str | None:
+        if isinstance(value, Mapping):
+            value = value.get("content")
+        return value if isinstance(value, str) and value else None
+
+    found: set[str] = set()
+    decoder = info.get("added_tokens_decoder")
+    if isinstance(decoder, Mapping):
+        found.update(c for c in map(content, decoder.values()) if c)
+    extra = info.get("additional_special_tokens")
+    if isinstance(extra, list):
+        found.update(c for c in map(content, extra) if c)
+    for name in _NAMED_SPECIAL:
+        token = content(info.get(name))
+        if token:
+            found.add(token)
+    return frozenset(found)
 
 
 class _Failure(Exception):
@@ -147,6 +213,8 @@ class RemoteBackend:
         extra_body: fields merged into every request body (e.g. ``{"top_k": -1}``); a ``None`` value removes
             a default field.
         special_tokens: ``"reject"`` (default), ``"escape"`` or ``"allow"``; see the module docs.
+        added_tokens: where the tokenizer's added tokens come from: ``"server"`` (default: the server's
+            ``/tokenizer_info``, once), a list of strings, or ``None`` (the floor only); see the module docs.
         tokenizer: text family only: a tokenizer directory or Hub id; the prompt is then encoded locally
             (special-token safe) and sent as token ids.
         backoff_s: first retry delay; doubles at each retry, with jitter (x0.5 to x1).
@@ -176,6 +244,7 @@ class RemoteBackend:
         extra_body: Mapping[str, Any] | None = None,
         special_tokens: SpecialTokenPolicy = "reject",
         tokenizer: str | Path | None = None,
+        added_tokens: Sequence[str] | Literal["server"] | None = "server",
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         headers: Mapping[str, str] | None = None,
@@ -210,6 +279,12 @@ class RemoteBackend:
         self._headers = {"User-Agent": "guardreasoner-vl", **dict(headers or {})}
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
+        if not (added_tokens is None or added_tokens == "server" or _is_strings(added_tokens)):
+            raise InvalidInputError("added_tokens must be 'server', a list of strings or None")
+        self._fetch_added = added_tokens == "server"
+        self._added: frozenset[str] = frozenset() if added_tokens in (None, "server") else frozenset(added_tokens)
+        self._pattern: re.Pattern[str] | None = None
+        self._pattern_lock = threading.Lock()
         self._encoder: Any = None
         self._prefix_ids: list[int] = []
         if tokenizer is not None:
@@ -240,6 +315,37 @@ class RemoteBackend:
 
     # -- what is sent -------------------------------------------------------------------------------
 
+    def special_token_pattern(self) -> re.Pattern[str]:
+        """What counts as a special-token string for this model (the floor, plus every added token known)."""
+        with self._pattern_lock:
+            if self._pattern is None:
+                added = set(self._added)
+                if self._encoder is not None:
+                    added.update(_local_added_tokens(self._encoder))
+                if self._fetch_added:
+                    added.update(self._fetch_tokenizer_tokens())
+                self._pattern = _token_pattern(frozenset(added))
+            return self._pattern
+
+    def _fetch_tokenizer_tokens(self) -> frozenset[str]:
+        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        url = f"{root}/tokenizer_info"
+        try:
+            with self._httpx.Client(
+                headers=self._headers, timeout=min(self.timeout_s, 10.0), transport=self._transport
+            ) as client:
+                response = client.get(url)
+            info = response.json() if response.status_code == 200 else None
+        except Exception as exc:
+            logger.info("could not read %s (%s: %s); special-token filter uses its floor", url, type(exc).__name__, exc)
+            return frozenset()
+        if not isinstance(info, Mapping):
+            logger.info("%s is not available (HTTP %s); special-token filter uses its floor", url, response.status_code)
+            return frozenset()
+        tokens = tokenizer_info_tokens(info)
+        logger.info("special-token filter: %d added tokens read from %s", len(tokens), url)
+        return tokens
+
     def check_prompt(self, prompt: RenderedPrompt) -> None:
         """Refuse a prompt whose caller text holds special-token strings (``special_tokens="reject"``).
 
@@ -251,7 +357,7 @@ class RemoteBackend:
         """
         if self.special_tokens != "reject" or (self._encoder is not None and prompt.family is ModelFamily.TEXT):
             return
-        found = find_special_tokens(prompt)
+        found = find_special_tokens(prompt, self.special_token_pattern())
         if found:
             shown = ", ".join(sorted(set(found))[:5])
             raise InvalidInputError(
@@ -271,7 +377,8 @@ class RemoteBackend:
         if prompt.family is not self.family:
             raise InvalidInputError(f"a {prompt.family.value} prompt was sent to a {self.family.value} model")
         local_ids = self._encoder is not None and prompt.family is ModelFamily.TEXT
-        escape = self.special_tokens == "escape" and not local_ids and bool(find_special_tokens(prompt))
+        pattern = self.special_token_pattern() if self.special_tokens == "escape" and not local_ids else None
+        escape = pattern is not None and bool(find_special_tokens(prompt, pattern))
         if escape:
             logger.warning("special-token strings in the text were escaped with U+200B before sending")
         body: dict[str, Any] = {"model": self.model_id, "max_tokens": params.max_new_tokens}
@@ -294,7 +401,7 @@ class RemoteBackend:
                     if isinstance(message["content"], list):
                         for part in message["content"]:
                             if part.get("type") == "text":
-                                part["text"] = escape_special_tokens(part["text"])
+                                part["text"] = escape_special_tokens(part["text"], pattern)
             body["messages"] = messages
             path = "/chat/completions"
         else:
@@ -305,7 +412,7 @@ class RemoteBackend:
 
                 body["prompt"] = encode_prompt(self._encoder, prompt, add_prefix=True).input_ids
             else:
-                body["prompt"] = escape_special_tokens(prompt.text) if escape else prompt.text
+                body["prompt"] = escape_special_tokens(prompt.text, pattern) if escape else prompt.text
             path = "/completions"
         for key, value in self.extra_body.items():
             if value is None:
@@ -526,6 +633,20 @@ class RemoteBackend:
 
 def _schedule_aclose(loop: asyncio.AbstractEventLoop, client: Any) -> None:
     loop.create_task(client.aclose())
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value)
+
+
+def _local_added_tokens(encoder: Any) -> frozenset[str]:
+    tokenizer = getattr(encoder, "tokenizer", encoder)
+    found: set[str] = set()
+    with contextlib.suppress(Exception):
+        found.update(tokenizer.get_added_vocab())
+    with contextlib.suppress(Exception):
+        found.update(tokenizer.all_special_tokens)
+    return frozenset(t for t in found if isinstance(t, str) and t)
 
 
 def _int_or_none(value: Any) -> int | None:

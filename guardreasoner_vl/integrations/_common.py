@@ -13,14 +13,18 @@ that is neither is refused: text that arrives in a chat message must never make 
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
+import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from guardreasoner_vl.conversation import Message, render_tool_calls
 from guardreasoner_vl.errors import BackendError, GuardError, InvalidInputError, ParseError
-from guardreasoner_vl.types import GuardResult, Verdict
+from guardreasoner_vl.types import GuardResult, ModerationItem, Verdict
 
 if TYPE_CHECKING:
     from guardreasoner_vl.guard import Guard
@@ -34,11 +38,15 @@ __all__ = [
     "GuardErrorPolicy",
     "Invoke",
     "Judge",
+    "OnFlagged",
     "Stage",
     "blocks",
     "format_violation",
     "image_from_url",
     "openai_content_parts",
+    "openai_messages",
+    "render_tool_calls",
+    "resolve_on_flagged",
     "run_async",
     "run_sync",
 ]
@@ -49,8 +57,18 @@ Stage = Literal["input", "output", "tool"]
 """Where content was checked: the user's request, the model's reply, or a tool's result."""
 
 GuardErrorPolicy = Literal["block", "raise"]
-"""When the guard cannot judge (bad image, unsupported content, engine failure, ``ParseError``):
-``block`` treats the content as flagged (fail closed, the default), ``raise`` lets the error through."""
+"""When the guard cannot judge (bad image, unsupported content, engine failure of any kind, a guard timeout,
+``ParseError``): ``block`` treats the content as flagged (fail closed, the default), ``raise`` raises a
+:class:`~guardreasoner_vl.errors.GuardError` (an engine's own exception arrives wrapped in
+:class:`~guardreasoner_vl.errors.BackendError`, the original as ``__cause__``)."""
+
+OnFlagged = Literal["block", "raise", "replace"]
+"""What an integration does with flagged content, the same words everywhere (default ``"block"``):
+``block`` stops it and answers with a refusal in the framework's own shape, ``raise`` raises
+:class:`~guardreasoner_vl.errors.GuardViolation`, ``replace`` (agent middleware only) swaps the offending
+message for the refusal and lets the run go on."""
+
+_LEGACY_ON_FLAGGED: dict[str, OnFlagged] = {"end": "block", "refuse": "block", "error": "raise", "replace": "replace"}
 
 DEFAULT_VIOLATION_MESSAGE = "I'm sorry, but I can't help with that. The {stage} was flagged by the safety guard."
 """Default refusal text; ``{stage}`` becomes ``request``, ``response`` or ``tool result``."""
@@ -162,16 +180,98 @@ def _join(texts: Sequence[str], images: Sequence[str]) -> Extracted:
     return Extracted(text if text.strip() else None, tuple(images))
 
 
-def render_tool_calls(calls: Iterable[Mapping[str, Any]]) -> list[str]:
-    """One line per tool call, ``[tool call] name(arguments)``, so the guard judges what the model wants to do."""
-    lines = []
-    for call in calls:
-        name = call.get("name") or ""
-        args = call.get("args", call.get("arguments", ""))
-        if not isinstance(args, str):
-            args = json.dumps(args, ensure_ascii=False, sort_keys=True, default=str)
-        lines.append(f"[tool call] {name}({args})")
-    return lines
+def _content_message(role: str, content: object, name: object = None) -> Message:
+    extracted = openai_content_parts(content, role=role)
+    return Message(
+        "tool" if role in ("tool", "function") else "user",
+        extracted.text,
+        extracted.images,
+        name=name if isinstance(name, str) and name else None,
+    )
+
+
+def openai_assistant_message(message: Mapping[str, Any]) -> Message:
+    """An OpenAI assistant message (or a completion's message) as a neutral :class:`Message`.
+
+    Its text, its refusal, the transcript of an audio reply, and one line per tool / function call.
+
+    Raises:
+        InvalidInputError: audio with no transcript (the guard cannot judge audio), or unsupported parts.
+    """
+    extracted = openai_content_parts(message.get("content"), role="assistant")
+    lines = [extracted.text] if extracted.text else []
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal.strip() and refusal != extracted.text:
+        lines.append(refusal)
+    audio = message.get("audio")
+    if audio is not None:
+        audio = _as_mapping(audio)
+        transcript = audio.get("transcript")
+        if not isinstance(transcript, str) or not transcript.strip():
+            raise InvalidInputError(
+                "an assistant message carries audio without a transcript; the guard judges text, so it cannot "
+                "judge this audio (ask for a transcript, or send the reply as text)"
+            )
+        lines.append(transcript)
+    calls = []
+    for call in message.get("tool_calls") or []:
+        call = _as_mapping(call)
+        function = _as_mapping(call.get("function") or {})
+        calls.append({"name": function.get("name"), "arguments": function.get("arguments", "")})
+    legacy = message.get("function_call")
+    if legacy:
+        legacy = _as_mapping(legacy)
+        calls.append({"name": legacy.get("name"), "arguments": legacy.get("arguments", "")})
+    text = "\n".join(lines)
+    return Message("assistant", text if text.strip() else None, extracted.images, render_tool_calls(calls))
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    if hasattr(value, "model_dump"):
+        dumped: Mapping[str, Any] = value.model_dump(exclude_none=True)
+        return dumped
+    raise InvalidInputError(f"expected a JSON object or an openai object, got {type(value).__name__}")
+
+
+def openai_messages(messages: Any) -> list[Message]:
+    """Read OpenAI chat messages (dicts or ``openai`` objects) into neutral :class:`Message` objects.
+
+    Roles: ``user``; ``assistant``; ``tool`` and legacy ``function`` results (judged as tool results);
+    ``system`` and ``developer`` (the application's instructions: kept as ``system``, not judged).
+
+    Raises:
+        InvalidInputError: not a list of messages, a message without a role, an unknown role, or content the
+            guard cannot judge.
+    """
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+        raise InvalidInputError("messages must be a list of chat messages ({'role': ..., 'content': ...})")
+    out: list[Message] = []
+    for raw in messages:
+        try:
+            message = _as_mapping(raw)
+        except InvalidInputError:
+            raise InvalidInputError(
+                f"a chat message must be a dict or an openai message object, got {type(raw).__name__}"
+            ) from None
+        role = message.get("role")
+        if role is None:
+            raise InvalidInputError(f"a chat message has no 'role': {dict(message)!r:.80}")
+        if role in ("system", "developer"):
+            out.append(Message("system"))
+        elif role == "user":
+            out.append(_content_message("user", message.get("content")))
+        elif role == "assistant":
+            out.append(openai_assistant_message(message))
+        elif role in ("tool", "function"):
+            out.append(_content_message(role, message.get("content"), message.get("name")))
+        else:
+            raise InvalidInputError(
+                f"unknown chat message role {role!r}: allowed roles are system, developer, user, assistant, "
+                "tool and function"
+            )
+    return out
 
 
 # -- effects and drivers -------------------------------------------------------------------------------
@@ -189,6 +289,18 @@ class Check:
     @classmethod
     def of(cls, request: Extracted, *, response: str | None = None) -> Check:
         return cls(text=request.text, image=request.image, response=response)
+
+    @classmethod
+    def from_item(cls, item: ModerationItem) -> Check:
+        return cls(text=item.text, image=item.image, response=item.response)
+
+    @classmethod
+    def build(cls, make: Callable[[], ModerationItem]) -> Check:
+        """The check for ``make()``, or a check carrying the :class:`InvalidInputError` it raised."""
+        try:
+            return cls.from_item(make())
+        except InvalidInputError as exc:
+            return cls(error=exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,36 +397,73 @@ def _recover(guard: Guard, exc: GuardError, n_items: int, policy: GuardErrorPoli
     return [_error_result(guard, exc) for _ in range(n_items)]
 
 
-def _judge_sync(guard: Guard, checks: Sequence[Check], policy: GuardErrorPolicy) -> list[GuardResult]:
+def _engine_failure(exc: BaseException) -> GuardError:
+    """Any exception from the guard call, as a :class:`GuardError` (an engine's own kept as ``__cause__``)."""
+    if isinstance(exc, GuardError):
+        return exc
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, FutureTimeout)):
+        failure = BackendError(f"the guard did not answer within its timeout ({exc or 'timed out'})")
+    else:
+        failure = BackendError(f"the guard's engine failed: {type(exc).__name__}: {exc}")
+    failure.__cause__ = exc
+    return failure
+
+
+def _moderate_with_timeout(guard: Guard, items: list[Any], timeout_s: float | None) -> list[GuardResult]:
+    if timeout_s is None:
+        return guard.moderate_batch(items)
+    # The engine call cannot be interrupted: it finishes in its thread; the caller stops waiting for it.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grvl-guard-timeout")
+    try:
+        future = pool.submit(guard.moderate_batch, items)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise TimeoutError(f"no verdict after {timeout_s:g}s") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _judge_sync(
+    guard: Guard, checks: Sequence[Check], policy: GuardErrorPolicy, timeout_s: float | None = None
+) -> list[GuardResult]:
     items, positions = _split(checks, guard, policy)
     judged: list[GuardResult] = []
     if items:
         try:
-            judged = guard.moderate_batch(items)
-        except GuardError as exc:
-            judged = _recover(guard, exc, len(items), policy)
+            judged = _moderate_with_timeout(guard, items, timeout_s)
+        except Exception as exc:
+            judged = _recover(guard, _engine_failure(exc), len(items), policy)
     return _merge(guard, checks, positions, judged, policy)
 
 
-async def _judge_async(guard: Guard, checks: Sequence[Check], policy: GuardErrorPolicy) -> list[GuardResult]:
+async def _judge_async(
+    guard: Guard, checks: Sequence[Check], policy: GuardErrorPolicy, timeout_s: float | None = None
+) -> list[GuardResult]:
     items, positions = _split(checks, guard, policy)
     judged: list[GuardResult] = []
     if items:
         try:
-            judged = await guard.amoderate_batch(items)
-        except GuardError as exc:
-            judged = _recover(guard, exc, len(items), policy)
+            if timeout_s is None:
+                judged = await guard.amoderate_batch(items)
+            else:
+                try:
+                    judged = await asyncio.wait_for(guard.amoderate_batch(items), timeout_s)
+                except TimeoutError:
+                    raise TimeoutError(f"no verdict after {timeout_s:g}s") from None
+        except Exception as exc:
+            judged = _recover(guard, _engine_failure(exc), len(items), policy)
     return _merge(guard, checks, positions, judged, policy)
 
 
-def run_sync(plan: Plan[T], guard: Guard, policy: GuardErrorPolicy) -> T:
-    """Run a plan, executing its effects synchronously."""
+def run_sync(plan: Plan[T], guard: Guard, policy: GuardErrorPolicy, *, timeout_s: float | None = None) -> T:
+    """Run a plan, executing its effects synchronously (``timeout_s`` bounds each guard call)."""
     value: Any = None
     try:
         while True:
             effect = plan.send(value)
             if isinstance(effect, Judge):
-                value = _judge_sync(guard, effect.checks, policy)
+                value = _judge_sync(guard, effect.checks, policy, timeout_s)
             elif isinstance(effect, Invoke):
                 value = effect.runnable.invoke(effect.input, effect.config, **effect.kwargs)
             elif isinstance(effect, Call):
@@ -325,14 +474,14 @@ def run_sync(plan: Plan[T], guard: Guard, policy: GuardErrorPolicy) -> T:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def run_async(plan: Plan[T], guard: Guard, policy: GuardErrorPolicy) -> T:
+async def run_async(plan: Plan[T], guard: Guard, policy: GuardErrorPolicy, *, timeout_s: float | None = None) -> T:
     """Run the same plan with awaited effects (``amoderate_batch``, ``ainvoke``, async clients)."""
     value: Any = None
     try:
         while True:
             effect = plan.send(value)
             if isinstance(effect, Judge):
-                value = await _judge_async(guard, effect.checks, policy)
+                value = await _judge_async(guard, effect.checks, policy, timeout_s)
             elif isinstance(effect, Invoke):
                 value = await effect.runnable.ainvoke(effect.input, effect.config, **effect.kwargs)
             elif isinstance(effect, Call):
@@ -372,3 +521,47 @@ def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
     """Raise :class:`InvalidInputError` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise InvalidInputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def check_timeout(timeout_s: float | None) -> float | None:
+    """Validate a guard timeout option (seconds, positive, or ``None`` for no limit)."""
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise InvalidInputError(f"guard_timeout_s must be a positive number of seconds or None; got {timeout_s!r}")
+    return float(timeout_s)
+
+
+def resolve_on_flagged(
+    on_flagged: str | None, exit_behavior: str | None, *, allowed: Sequence[str], default: OnFlagged = "block"
+) -> OnFlagged:
+    """The ``on_flagged`` choice, accepting the deprecated ``exit_behavior`` names with a warning.
+
+    Old names: ``"end"`` and ``"refuse"`` mean ``"block"``, ``"error"`` means ``"raise"``.
+
+    Raises:
+        InvalidInputError: a value outside ``allowed``, or both options given with different meanings.
+    """
+    legacy: OnFlagged | None = None
+    if exit_behavior is not None:
+        warnings.warn(
+            "exit_behavior is deprecated; use on_flagged='block' | 'raise' | 'replace' "
+            "(old 'end' and 'refuse' mean 'block', 'error' means 'raise')",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if exit_behavior not in _LEGACY_ON_FLAGGED:
+            raise InvalidInputError(
+                f"exit_behavior must be one of {', '.join(map(repr, _LEGACY_ON_FLAGGED))}; got {exit_behavior!r}"
+            )
+        legacy = _LEGACY_ON_FLAGGED[exit_behavior]
+    if on_flagged is not None and legacy is not None and on_flagged != legacy:
+        raise InvalidInputError(f"on_flagged={on_flagged!r} and exit_behavior={exit_behavior!r} disagree; give one")
+    value = on_flagged if on_flagged is not None else legacy if legacy is not None else default
+    if legacy is not None and legacy not in allowed:
+        raise InvalidInputError(
+            f"exit_behavior={exit_behavior!r} (on_flagged={legacy!r}) is not available here; "
+            f"on_flagged must be one of {', '.join(map(repr, allowed))}"
+        )
+    check_choice("on_flagged", value, allowed)
+    return value  # type: ignore[return-value]

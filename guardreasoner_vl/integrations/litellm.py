@@ -11,10 +11,11 @@ images it extracted from a call, and acts on the answer. This module implements 
   ``guardreasoner`` with the full result. The guard never rewrites text, so it never answers
   ``GUARDRAIL_INTERVENED``.
 
-What is judged: for ``input_type="request"``, the last user turn of ``structured_messages`` when present
-(text and images), else all ``texts`` joined; for ``"response"``, the joined ``texts`` as the response, in
-the context of the last user turn of ``structured_messages``. Without that context the response text is
-judged on its own, as a request (the only task the guard can run without the request).
+What is judged: for ``input_type="request"``, the conversation in ``structured_messages`` when present,
+by the rule of :mod:`guardreasoner_vl.conversation` shared with every integration (last user turn as the
+request, earlier turns and tool results as context, images merged), else all ``texts`` joined; for
+``"response"``, the joined ``texts`` as the response, in the context of that conversation. Without that
+context the response text is judged on its own, as a request (the only task the guard can run without the request).
 
 :func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``); configure LiteLLM
 with ``guardrail: generic_guardrail_api`` and ``api_base`` pointing at it. :func:`handle_guardrail_request`
@@ -29,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from guardreasoner_vl.conversation import Message, conversation_to_item
 from guardreasoner_vl.errors import InvalidInputError, require
 from guardreasoner_vl.integrations._common import (
     Check,
@@ -38,13 +40,15 @@ from guardreasoner_vl.integrations._common import (
     Plan,
     Stage,
     blocks,
+    check_timeout,
     format_violation,
     image_from_base64,
     image_from_url,
-    openai_content_parts,
+    openai_messages,
     run_async,
     run_sync,
 )
+from guardreasoner_vl.types import ModerationItem
 
 if TYPE_CHECKING:
     from guardreasoner_vl.guard import Guard
@@ -78,14 +82,18 @@ def _texts(values: Any) -> str | None:
     return text or None
 
 
-def _user_turn(messages: Any) -> Extracted | None:
-    if not isinstance(messages, list):
+def _conversation(messages: Any) -> list[Message] | None:
+    """``structured_messages`` as neutral messages; ``None`` when absent or holding no user/model content."""
+    if messages is None:
         return None
-    for message in reversed(messages):
-        if isinstance(message, Mapping) and message.get("role") == "user":
-            extracted = openai_content_parts(message.get("content"), role="user")
-            return None if extracted.empty else extracted
-    return None
+    conversation = openai_messages(messages)
+    return None if all(m.role == "system" for m in conversation) else conversation
+
+
+def _with_images(item: ModerationItem, images: list[str]) -> ModerationItem:
+    if not images or item.image is not None:
+        return item
+    return item.model_copy(update={"image": images[0] if len(images) == 1 else images})
 
 
 def _plan(payload: Mapping[str, Any]) -> Plan[tuple[Stage, Any]]:
@@ -95,16 +103,17 @@ def _plan(payload: Mapping[str, Any]) -> Plan[tuple[Stage, Any]]:
     try:
         images = _images(payload.get("images"))
         texts = _texts(payload.get("texts"))
-        turn = _user_turn(payload.get("structured_messages"))
+        conversation = _conversation(payload.get("structured_messages"))
         if stage == "input":
-            text = turn.text if turn is not None else texts
-            found = images or list(turn.images if turn is not None else ())
-            request = Extracted(text, tuple(found))
-            check = None if request.empty else Check.of(request)
+            if conversation is not None:
+                check: Check | None = Check.from_item(_with_images(conversation_to_item(conversation), images))
+            else:
+                request = Extracted(texts, tuple(images))
+                check = None if request.empty else Check.of(request)
         elif texts is None:
             check = None
-        elif turn is not None:
-            check = Check.of(Extracted(turn.text, tuple(turn.images)), response=texts)
+        elif conversation is not None:
+            check = Check.from_item(conversation_to_item(conversation, response=texts))
         else:
             stage = "input"  # no request to judge the response against: judge the text itself
             check = Check.of(Extracted(texts, tuple(images)))
@@ -135,8 +144,12 @@ def handle_guardrail_request(
     *,
     violation_message: str | None = None,
     on_guard_error: GuardErrorPolicy = "block",
+    guard_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Answer one Generic Guardrail API call.
+
+    ``on_guard_error`` and ``guard_timeout_s`` mean what they mean in every integration: content the guard
+    cannot judge (any engine failure, a timeout) is answered ``BLOCKED`` (``"block"``) or raises.
 
     Example:
         >>> from guardreasoner_vl import Guard
@@ -146,7 +159,8 @@ def handle_guardrail_request(
         >>> handle_guardrail_request(guard, {"texts": ["hello"], "input_type": "request"})["action"]
         'NONE'
     """
-    return _answer(run_sync(_plan(payload), guard, on_guard_error), violation_message)
+    timeout = check_timeout(guard_timeout_s)
+    return _answer(run_sync(_plan(payload), guard, on_guard_error, timeout_s=timeout), violation_message)
 
 
 async def ahandle_guardrail_request(
@@ -155,9 +169,11 @@ async def ahandle_guardrail_request(
     *,
     violation_message: str | None = None,
     on_guard_error: GuardErrorPolicy = "block",
+    guard_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Async :func:`handle_guardrail_request` (``Guard.amoderate_batch``)."""
-    return _answer(await run_async(_plan(payload), guard, on_guard_error), violation_message)
+    timeout = check_timeout(guard_timeout_s)
+    return _answer(await run_async(_plan(payload), guard, on_guard_error, timeout_s=timeout), violation_message)
 
 
 def create_app(guard: Guard, *, api_key: str | None = None, violation_message: str | None = None) -> Any:

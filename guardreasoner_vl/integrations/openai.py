@@ -5,17 +5,22 @@ Three things:
 * **Converters** between OpenAI chat messages and guard inputs. :func:`messages_to_item` takes a
   conversation (dicts or ``openai`` message objects; string or part-list content; ``image_url`` parts
   with ``data:`` or ``http(s)`` URLs) and returns the :class:`~guardreasoner_vl.ModerationItem` the guard
-  judges: the **last user turn** (consecutive user messages at the end count as one turn), its images,
-  and the assistant's reply after it as the response. :func:`item_to_messages` goes the other way.
+  judges, by the rule of :mod:`guardreasoner_vl.conversation` shared by every integration: the **last user
+  turn** is the request, the final assistant message after it the response, earlier turns and tool results
+  are context inside the request text. :func:`item_to_messages` goes the other way.
   :func:`moderate_messages` / :func:`amoderate_messages` judge a conversation in one call. These need no
   ``openai`` package.
 * :class:`GuardedOpenAI` / :class:`GuardedAsyncOpenAI` wrap an ``openai.OpenAI`` / ``AsyncOpenAI``
-  client. ``client.chat.completions.create(...)`` judges the last user turn before the call and every
-  choice of the reply (in the context of that turn) after it. On a violation it raises
-  :class:`ChatCompletionBlocked` (a :class:`~guardreasoner_vl.errors.GuardViolation`), or with
-  ``exit_behavior="refuse"`` returns a refusal in OpenAI's own shape: ``finish_reason="content_filter"``,
-  ``message.content`` and ``message.refusal`` set to the refusal text; a blocked input never reaches the
-  API. The guard's results are attached to what ``create`` returns as the attribute ``guardreasoner`` (a
+  client. ``client.chat.completions.create(...)`` judges the conversation that will be sent (the
+  ``messages`` keyword, or ``extra_body["messages"]``, which the client sends in its place; other content
+  fields in ``extra_body`` are refused) before the call, and every choice of the reply (in the context of
+  the conversation; text, refusal, tool calls, the transcript of an audio reply) after it. On a violation,
+  with ``on_flagged="block"`` (the default) it returns a refusal in OpenAI's own shape:
+  ``finish_reason="content_filter"``, ``message.content`` and ``message.refusal`` set to the refusal text;
+  with ``on_flagged="raise"`` it raises :class:`ChatCompletionBlocked` (a
+  :class:`~guardreasoner_vl.errors.GuardViolation`). A blocked input never reaches the API. (Before this
+  vocabulary the default was to raise; ``exit_behavior="error"`` / ``"refuse"`` still work, deprecated.)
+  The guard's results are attached to what ``create`` returns as the attribute ``guardreasoner`` (a
   :class:`GuardReport`; on a completion it is also part of ``model_dump()``).
   **Streaming**: with ``stream=True`` and the output check on, the whole stream is read (buffered), judged,
   and then released as a :class:`GuardedStream` that replays the chunks (flagged choices replaced by a
@@ -50,21 +55,24 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from guardreasoner_vl.conversation import Message, conversation_to_item
 from guardreasoner_vl.errors import GuardViolation, InvalidInputError, require
 from guardreasoner_vl.inputs import encode_image_data_url, load_image
 from guardreasoner_vl.integrations._common import (
     Call,
     Check,
     Drain,
-    Extracted,
     GuardErrorPolicy,
     Judge,
+    OnFlagged,
     Plan,
     blocks,
     check_choice,
+    check_timeout,
     format_violation,
-    openai_content_parts,
-    render_tool_calls,
+    openai_assistant_message,
+    openai_messages,
+    resolve_on_flagged,
     run_async,
     run_sync,
 )
@@ -92,79 +100,25 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ExitBehavior = Literal["error", "refuse"]
+_ON_FLAGGED = ("block", "raise")
+
+_BODY_CONTENT_KEYS = frozenset({"prompt", "input", "instructions", "contents", "conversation", "previous_response_id"})
+"""Fields that would carry content the guard does not read if they came in through ``extra_body``."""
 
 
 # -- converters -----------------------------------------------------------------------------------------
 
 
-def _as_dict(message: Any) -> Mapping[str, Any]:
-    if isinstance(message, Mapping):
-        return message
-    if hasattr(message, "model_dump"):
-        dumped: Mapping[str, Any] = message.model_dump(exclude_none=True)
-        return dumped
-    raise InvalidInputError(f"a chat message must be a dict or an openai message object, got {type(message).__name__}")
-
-
-def _normalise(messages: Any) -> list[Mapping[str, Any]]:
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
-        raise InvalidInputError("messages must be a list of chat messages ({'role': ..., 'content': ...})")
-    out = [_as_dict(m) for m in messages]
-    for message in out:
-        if "role" not in message:
-            raise InvalidInputError(f"a chat message has no 'role': {dict(message)!r:.80}")
-    return out
-
-
-def _user_turn(messages: Sequence[Mapping[str, Any]]) -> tuple[Extracted, int] | None:
-    """The last run of consecutive user messages, merged, and the index of its last message."""
-    last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), None)
-    if last is None:
-        return None
-    first = last
-    while first > 0 and messages[first - 1]["role"] == "user":
-        first -= 1
-    texts: list[str] = []
-    images: list[str] = []
-    for message in messages[first : last + 1]:
-        extracted = openai_content_parts(message.get("content"), role="user")
-        if extracted.text:
-            texts.append(extracted.text)
-        images.extend(extracted.images)
-    text = "\n".join(texts)
-    return Extracted(text if text.strip() else None, tuple(images)), last
-
-
-def _assistant_text(message: Mapping[str, Any]) -> str | None:
-    """An assistant message as the guard judges it: text, refusal, then one line per tool call."""
-    extracted = openai_content_parts(message.get("content"), role="assistant")
-    if extracted.images:
-        raise InvalidInputError("the guard judges text responses; this assistant message contains images")
-    lines = [extracted.text] if extracted.text else []
-    refusal = message.get("refusal")
-    if isinstance(refusal, str) and refusal.strip() and refusal != extracted.text:
-        lines.append(refusal)
-    calls = []
-    for call in message.get("tool_calls") or []:
-        call = _as_dict(call)
-        function = _as_dict(call.get("function") or {})
-        calls.append({"name": function.get("name"), "arguments": function.get("arguments", "")})
-    legacy = message.get("function_call")
-    if legacy:
-        legacy = _as_dict(legacy)
-        calls.append({"name": legacy.get("name"), "arguments": legacy.get("arguments", "")})
-    lines.extend(render_tool_calls(calls))
-    text = "\n".join(lines)
-    return text if text.strip() else None
-
-
 def messages_to_item(messages: Iterable[Any], *, response: str | None = None) -> ModerationItem:
-    """The guard input for a conversation: the last user turn (text and images) and the reply after it.
+    """The guard input for a conversation, by the one rule of :mod:`guardreasoner_vl.conversation`.
+
+    The request is the last user turn (consecutive user messages are one turn, text and images); the response
+    is the final assistant message after it; earlier turns, tool results and the steps of the current turn
+    are written into the request text as context; system and developer messages are not judged.
 
     Args:
         messages: OpenAI chat messages (dicts or ``openai`` message objects), multi-turn.
-        response: the assistant reply to judge; by default the last assistant message *after* the last user
+        response: the assistant reply to judge; by default the final assistant message after the last user
             turn, if there is one.
 
     Returns:
@@ -173,17 +127,7 @@ def messages_to_item(messages: Iterable[Any], *, response: str | None = None) ->
     Raises:
         InvalidInputError: no user message, an empty user turn, or content the guard cannot judge.
     """
-    normalised = _normalise(messages)
-    turn = _user_turn(normalised)
-    if turn is None:
-        raise InvalidInputError("the conversation has no user message to judge")
-    request, last_user = turn
-    if request.empty:
-        raise InvalidInputError("the last user turn has neither text nor images")
-    if response is None:
-        after = [m for m in normalised[last_user + 1 :] if m["role"] == "assistant"]
-        response = _assistant_text(after[-1]) if after else None
-    return ModerationItem(text=request.text, image=request.image, response=response)
+    return conversation_to_item(openai_messages(messages), response=response)
 
 
 def item_to_messages(
@@ -254,7 +198,7 @@ class GuardReport(BaseModel):
 
 
 class ChatCompletionBlocked(GuardViolation):
-    """The guard blocked a chat completion (``exit_behavior="error"``).
+    """The guard blocked a chat completion (``on_flagged="raise"``).
 
     Attributes:
         result: the flagging result (the input's, or the first flagged choice's).
@@ -358,17 +302,30 @@ async def _aiter(chunks: Any) -> AsyncIterator[Any]:
 _BYPASSES = frozenset({"with_raw_response", "with_streaming_response", "parse", "stream"})
 
 
-def _choices_text_from_completion(completion: Any) -> dict[int, str | None]:
-    out: dict[int, str | None] = {}
+def _reply(message: Mapping[str, Any]) -> str | InvalidInputError | None:
+    """A reply as the guard judges it (text, refusal, audio transcript, tool calls), or why it cannot be."""
+    try:
+        reply = openai_assistant_message(message)
+    except InvalidInputError as exc:
+        return exc
+    if reply.images:
+        return InvalidInputError("the guard judges text responses; this assistant message contains images")
+    return reply.body()
+
+
+def _choices_text_from_completion(completion: Any) -> dict[int, str | InvalidInputError | None]:
+    out: dict[int, str | InvalidInputError | None] = {}
     for choice in completion.choices:
-        out[choice.index] = _assistant_text(_as_dict(choice.message))
+        message = choice.message.model_dump(exclude_none=True) if hasattr(choice.message, "model_dump") else {}
+        out[choice.index] = _reply(message)
     return out
 
 
-def _choices_text_from_chunks(chunks: Sequence[Any]) -> dict[int, str | None]:
+def _choices_text_from_chunks(chunks: Sequence[Any]) -> dict[int, str | InvalidInputError | None]:
     content: dict[int, list[str]] = {}
     refusal: dict[int, list[str]] = {}
     calls: dict[int, dict[int, dict[str, str]]] = {}
+    audio: dict[int, list[str]] = {}
     for chunk in chunks:
         for choice in getattr(chunk, "choices", None) or []:
             delta = choice.delta
@@ -379,19 +336,29 @@ def _choices_text_from_chunks(chunks: Sequence[Any]) -> dict[int, str | None]:
                 content[choice.index].append(delta.content)
             if getattr(delta, "refusal", None):
                 refusal.setdefault(choice.index, []).append(delta.refusal)
+            sound = getattr(delta, "audio", None)  # audio replies stream their transcript beside the data
+            if sound is not None:
+                pieces = audio.setdefault(choice.index, [])
+                transcript = (
+                    sound.get("transcript") if isinstance(sound, Mapping) else getattr(sound, "transcript", None)
+                )
+                if isinstance(transcript, str):
+                    pieces.append(transcript)
             for call in getattr(delta, "tool_calls", None) or []:
                 slot = calls.setdefault(choice.index, {}).setdefault(call.index, {"name": "", "arguments": ""})
                 if call.function is not None:
                     slot["name"] += call.function.name or ""
                     slot["arguments"] += call.function.arguments or ""
-    out: dict[int, str | None] = {}
+    out: dict[int, str | InvalidInputError | None] = {}
     for index in content:
         message: dict[str, Any] = {
             "content": "".join(content[index]) or None,
             "refusal": "".join(refusal.get(index, [])) or None,
             "tool_calls": [{"function": slot} for _, slot in sorted(calls.get(index, {}).items())],
         }
-        out[index] = _assistant_text(message)
+        if index in audio:
+            message["audio"] = {"transcript": "".join(audio[index])}
+        out[index] = _reply(message)
     return out
 
 
@@ -407,9 +374,11 @@ class _Guarded:
         *,
         check_input: bool = True,
         check_output: bool = True,
-        exit_behavior: ExitBehavior = "error",
+        on_flagged: OnFlagged | None = None,
         violation_message: str | None = None,
         on_guard_error: GuardErrorPolicy = "block",
+        guard_timeout_s: float | None = None,
+        exit_behavior: str | None = None,
     ) -> None:
         openai = require("openai", "openai", feature="the OpenAI integration")
         expected, other, other_name = (
@@ -422,15 +391,15 @@ class _Guarded:
             raise InvalidInputError(
                 f"{type(self).__name__} wraps an openai.{expected.__name__} client, got {type(client).__name__}{hint}"
             )
-        check_choice("exit_behavior", exit_behavior, ("error", "refuse"))
+        self.on_flagged: OnFlagged = resolve_on_flagged(on_flagged, exit_behavior, allowed=_ON_FLAGGED)
         check_choice("on_guard_error", on_guard_error, ("block", "raise"))
         self._client = client
         self.guard = guard
         self.check_input = check_input
         self.check_output = check_output
-        self.exit_behavior: ExitBehavior = exit_behavior
         self.violation_message = violation_message
         self.on_guard_error: GuardErrorPolicy = on_guard_error
+        self.guard_timeout_s = check_timeout(guard_timeout_s)
         self.chat = _GuardedChat(self)
 
     @property
@@ -452,19 +421,25 @@ class _Guarded:
         if "messages" in kwargs:
             kwargs["messages"] = list(kwargs["messages"])
         stream = bool(kwargs.get("stream"))
-        request: Extracted | None = None
+        conversation: list[Message] | None = None
         request_error: InvalidInputError | None = None
         try:
-            turn = _user_turn(_normalise(kwargs.get("messages", [])))
-            request = turn[0] if turn is not None and not turn[0].empty else None
+            conversation = openai_messages(_sent_messages(kwargs))
+            if all(m.role == "system" for m in conversation):
+                conversation = None  # only the application's own instructions: nothing to judge
         except InvalidInputError as exc:
             request_error = exc
-        if request is None and request_error is None:
-            logger.warning("no user turn in the messages: the guard does not judge this call")
+        if conversation is None and request_error is None:
+            logger.warning("the messages hold only system/developer instructions: the guard does not judge this call")
 
         input_result: GuardResult | None = None
-        if self.check_input and (request is not None or request_error is not None):
-            check = Check(error=request_error) if request is None else Check.of(request)
+        judged = conversation is not None or request_error is not None
+        if self.check_input and judged:
+            if conversation is None:
+                check = Check(error=request_error)
+            else:
+                sent = conversation
+                check = Check.build(lambda: conversation_to_item(sent))
             (input_result,) = yield Judge((check,))
             if blocks(input_result, "input"):
                 report = GuardReport(input=input_result, blocked="input")
@@ -472,7 +447,7 @@ class _Guarded:
 
         create = self._client.chat.completions.create
         response = yield Call(create, create, kwargs=kwargs)
-        if not self.check_output or (request is None and request_error is None):
+        if not self.check_output or not judged:
             report = GuardReport(input=input_result)
             if stream:
                 return self._stream(response, report, source=response)
@@ -491,10 +466,12 @@ class _Guarded:
             if text is None:
                 continue
             indexes.append(index)
-            if request is None:
+            if isinstance(text, InvalidInputError):
+                checks.append(Check(error=text))
+            elif conversation is None:
                 checks.append(Check(error=request_error))
             else:
-                checks.append(Check.of(request, response=text))
+                checks.append(_reply_check(conversation, text))
         results: list[GuardResult] = (yield Judge(tuple(checks))) if checks else []
         output = dict(zip(indexes, results, strict=True))
         flagged = tuple(i for i, r in output.items() if blocks(r, "output"))
@@ -503,7 +480,7 @@ class _Guarded:
         )
         if flagged:
             text = format_violation(self.violation_message, "output")
-            if self.exit_behavior == "error":
+            if self.on_flagged == "raise":
                 raise ChatCompletionBlocked(
                     text,
                     result=output[flagged[0]],
@@ -529,7 +506,7 @@ class _Guarded:
         self, kwargs: Mapping[str, Any], result: GuardResult, report: GuardReport, *, stream: bool
     ) -> Any:
         text = format_violation(self.violation_message, "input")
-        if self.exit_behavior == "error":
+        if self.on_flagged == "raise":
             raise ChatCompletionBlocked(text, result=result, stage="input", report=report)
         from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -584,6 +561,27 @@ class _Guarded:
         return out
 
 
+def _reply_check(conversation: list[Message], reply: str) -> Check:
+    return Check.build(lambda: conversation_to_item(conversation, response=reply))
+
+
+def _sent_messages(kwargs: Mapping[str, Any]) -> Any:
+    """The messages the API will receive: ``extra_body`` is merged into the request body last, so its
+    ``messages`` replace the keyword; content fields the guard does not read are refused there."""
+    extra = kwargs.get("extra_body")
+    if extra is None:
+        return kwargs.get("messages", [])
+    if not isinstance(extra, Mapping):
+        raise InvalidInputError(f"extra_body must be a dict, got {type(extra).__name__}")
+    unread = sorted(k for k in extra if k in _BODY_CONTENT_KEYS)
+    if unread:
+        raise InvalidInputError(
+            f"extra_body carries {', '.join(map(repr, unread))}, content the guard does not judge; "
+            "send the conversation as messages"
+        )
+    return extra["messages"] if "messages" in extra else kwargs.get("messages", [])
+
+
 def _refusal_choice(index: int, text: str) -> Any:
     from openai.types.chat import ChatCompletionMessage
     from openai.types.chat.chat_completion import Choice
@@ -619,8 +617,12 @@ class _GuardedCompletions:
         """``chat.completions.create`` with the guard before and after; see the module docs."""
         owner = self._owner
         if owner._async:
-            return run_async(owner._create_plan(dict(kwargs)), owner.guard, owner.on_guard_error)
-        return run_sync(owner._create_plan(dict(kwargs)), owner.guard, owner.on_guard_error)
+            return run_async(
+                owner._create_plan(dict(kwargs)), owner.guard, owner.on_guard_error, timeout_s=owner.guard_timeout_s
+            )
+        return run_sync(
+            owner._create_plan(dict(kwargs)), owner.guard, owner.on_guard_error, timeout_s=owner.guard_timeout_s
+        )
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_owner":
@@ -641,16 +643,19 @@ class GuardedOpenAI(_Guarded):
         guard: the :class:`~guardreasoner_vl.Guard` that judges.
         check_input: judge the last user turn (text and images) before calling the API.
         check_output: judge each choice of the reply in the context of the request.
-        exit_behavior: ``"error"`` (raise :class:`ChatCompletionBlocked`, the default) or ``"refuse"``
-            (return a refusal completion, ``finish_reason="content_filter"``).
+        on_flagged: ``"block"`` (default: return a refusal completion, ``finish_reason="content_filter"``)
+            or ``"raise"`` (raise :class:`ChatCompletionBlocked`).
         violation_message: refusal text; ``{stage}`` becomes ``request`` or ``response``.
-        on_guard_error: ``"block"`` (default, fail closed: content the guard cannot judge counts as flagged)
-            or ``"raise"``.
+        on_guard_error: ``"block"`` (default, fail closed: content the guard cannot judge, an engine failure
+            of any kind or a timeout counts as flagged) or ``"raise"`` (a :class:`~guardreasoner_vl.GuardError`).
+        guard_timeout_s: longest wait for one guard call, in seconds (``None``: no limit); a timeout follows
+            ``on_guard_error``.
+        exit_behavior: deprecated spelling of ``on_flagged`` (``"error"`` = raise, ``"refuse"`` = block).
 
     Example:
         >>> import openai
         >>> from guardreasoner_vl import Guard
-        >>> client = GuardedOpenAI(openai.OpenAI(api_key="sk-test"), Guard(backend="fake"))
+        >>> client = GuardedOpenAI(openai.OpenAI(api_key="sk-test"), Guard(backend="fake"), on_flagged="raise")
         >>> try:  # the input is judged first: a flagged request never reaches the API
         ...     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "poison?"}])
         ... except ChatCompletionBlocked as blocked:

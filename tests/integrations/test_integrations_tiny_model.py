@@ -57,7 +57,7 @@ def test_openai_client_and_litellm_handler(tiny_guard: Guard) -> None:
     raw = openai.OpenAI(
         api_key="sk-test", base_url="http://fake.test/v1", http_client=httpx.Client(transport=server.transport())
     )
-    completion = GuardedOpenAI(raw, tiny_guard, exit_behavior="refuse").chat.completions.create(
+    completion = GuardedOpenAI(raw, tiny_guard, on_flagged="block").chat.completions.create(
         model="fake-chat", messages=[{"role": "user", "content": "hello"}]
     )
     assert completion.choices[0].finish_reason == "content_filter" and server.requests == []

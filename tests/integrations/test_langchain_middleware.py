@@ -68,10 +68,10 @@ def test_harmful_input_ends_before_the_model(guard: Guard) -> None:
     assert meta["stage"] == "input" and meta["result"]["request"] == "harmful" and meta["result"]["flagged"]
 
 
-@pytest.mark.parametrize("exit_behavior", ["replace", "end"])
-def test_harmful_reply_is_replaced_in_place(guard: Guard, exit_behavior: str) -> None:
+@pytest.mark.parametrize("on_flagged", ["replace", "block"])
+def test_harmful_reply_is_replaced_in_place(guard: Guard, on_flagged: str) -> None:
     model = CountingModel([AIMessage("Here is how to make poison at home.", id="reply-1")])
-    middleware = GuardMiddleware(guard, exit_behavior=exit_behavior)  # type: ignore[arg-type]
+    middleware = GuardMiddleware(guard, on_flagged=on_flagged)  # type: ignore[arg-type]
     out = agent(model, middleware).invoke({"messages": [HumanMessage("Tell me about chemistry.")]})
     ai = [m for m in out["messages"] if isinstance(m, AIMessage)]
     assert len(ai) == 1, "the flagged reply must be replaced, not followed by a second message"
@@ -84,7 +84,7 @@ def test_harmful_reply_is_replaced_in_place(guard: Guard, exit_behavior: str) ->
 def test_harmful_request_replaced_in_place_then_model_answers(guard: Guard) -> None:
     model = CountingModel([AIMessage("I cannot assist.")])
     human = HumanMessage("How do I build a bomb?", id="user-1")
-    out = agent(model, GuardMiddleware(guard, exit_behavior="replace")).invoke({"messages": [human]})
+    out = agent(model, GuardMiddleware(guard, on_flagged="replace")).invoke({"messages": [human]})
     assert out["messages"][0].id == "user-1" and out["messages"][0].content == REFUSAL_INPUT
     assert "bomb" not in str(model.calls[0][-1].content)  # the model never saw the flagged text
     assert out["messages"][-1].content == "I cannot assist."
@@ -93,14 +93,14 @@ def test_harmful_request_replaced_in_place_then_model_answers(guard: Guard) -> N
 def test_error_mode_raises_with_result_and_stage(guard: Guard) -> None:
     model = CountingModel([AIMessage("never sent")])
     with pytest.raises(GuardViolation) as caught:
-        agent(model, GuardMiddleware(guard, exit_behavior="error")).invoke({"messages": [HumanMessage("bomb plans")]})
+        agent(model, GuardMiddleware(guard, on_flagged="raise")).invoke({"messages": [HumanMessage("bomb plans")]})
     assert caught.value.stage == "input"
     assert caught.value.result.request is not None and caught.value.result.request.value == "harmful"
     assert model.calls == []
 
     model = CountingModel([AIMessage("Step one: poison the well.")])
     with pytest.raises(GuardViolation) as caught:
-        agent(model, GuardMiddleware(guard, exit_behavior="error")).invoke({"messages": [HumanMessage("hi")]})
+        agent(model, GuardMiddleware(guard, on_flagged="raise")).invoke({"messages": [HumanMessage("hi")]})
     assert caught.value.stage == "output" and caught.value.result.response is not None
     assert caught.value.result.response.value == "harmful"
 
@@ -148,7 +148,7 @@ async def test_async_path_uses_amoderate(backend: AsyncFakeBackend) -> None:
     assert backend.async_calls == 1
 
     model = CountingModel([AIMessage("Use poison.", id="r")])
-    out = await agent(model, GuardMiddleware(guard, exit_behavior="replace")).ainvoke(
+    out = await agent(model, GuardMiddleware(guard, on_flagged="replace")).ainvoke(
         {"messages": [HumanMessage("hello")]}
     )
     assert out["messages"][-1].id == "r" and out["messages"][-1].content == REFUSAL_OUTPUT

@@ -54,7 +54,7 @@ def test_flagged_output_is_refused_or_raised(guard: Guard) -> None:
     out = chain.invoke([HumanMessage("What goes in soup?")])
     assert "response was flagged" in str(out.content)
     assert out.response_metadata["guardreasoner"]["stage"] == "output"
-    strict = as_runnable(guard, FakeListChatModel(responses=["Add poison."]), exit_behavior="error")
+    strict = as_runnable(guard, FakeListChatModel(responses=["Add poison."]), on_flagged="raise")
     with pytest.raises(GuardViolation) as caught:
         strict.invoke("What goes in soup?")
     assert caught.value.stage == "output"

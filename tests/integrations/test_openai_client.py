@@ -63,14 +63,14 @@ def test_pass_through_keeps_the_response_intact(guard: Guard, server: FakeOpenAI
 
 
 def test_input_blocked_before_the_api(guard: Guard, server: FakeOpenAIServer) -> None:
-    client = GuardedOpenAI(sync_client(server), guard)
+    client = GuardedOpenAI(sync_client(server), guard, on_flagged="raise")
     with pytest.raises(ChatCompletionBlocked) as caught:
         client.chat.completions.create(model="fake-chat", messages=HARMFUL)
     assert server.requests == []
     assert isinstance(caught.value, GuardViolation) and caught.value.stage == "input"
     assert caught.value.report.blocked == "input" and caught.value.completion is None
 
-    refusing = GuardedOpenAI(sync_client(server), guard, exit_behavior="refuse")
+    refusing = GuardedOpenAI(sync_client(server), guard, on_flagged="block")
     completion = refusing.chat.completions.create(model="fake-chat", messages=HARMFUL, n=2)
     assert server.requests == []
     assert [c.finish_reason for c in completion.choices] == ["content_filter", "content_filter"]
@@ -81,14 +81,14 @@ def test_input_blocked_before_the_api(guard: Guard, server: FakeOpenAIServer) ->
 
 def test_output_blocked(guard: Guard) -> None:
     server = FakeOpenAIServer(reply=lambda body, i: "Add poison to it." if i == 1 else "Use flour.")
-    client = GuardedOpenAI(sync_client(server), guard)
+    client = GuardedOpenAI(sync_client(server), guard, on_flagged="raise")
     with pytest.raises(ChatCompletionBlocked) as caught:
         client.chat.completions.create(model="fake-chat", messages=SAFE, n=2)
     assert len(server.requests) == 1 and caught.value.stage == "output"
     assert caught.value.report.blocked_choices == (1,)
     assert caught.value.completion.choices[1].message.content == "Add poison to it."
 
-    refusing = GuardedOpenAI(sync_client(server), guard, exit_behavior="refuse")
+    refusing = GuardedOpenAI(sync_client(server), guard, on_flagged="block")
     completion = refusing.chat.completions.create(model="fake-chat", messages=SAFE, n=2)
     assert completion.choices[0].message.content == "Use flour." and completion.choices[0].finish_reason == "stop"
     assert completion.choices[1].finish_reason == "content_filter"
@@ -131,10 +131,12 @@ def test_streaming_output_flagged() -> None:
     guard = Guard(backend=AsyncFakeBackend(harmful_keywords=["poison"]))
     server = FakeOpenAIServer(reply="Mix the poison slowly.")
     with pytest.raises(ChatCompletionBlocked) as caught:
-        GuardedOpenAI(sync_client(server), guard).chat.completions.create(model="fake-chat", messages=SAFE, stream=True)
+        GuardedOpenAI(sync_client(server), guard, on_flagged="raise").chat.completions.create(
+            model="fake-chat", messages=SAFE, stream=True
+        )
     assert caught.value.stage == "output" and isinstance(caught.value.completion, list)
 
-    client = GuardedOpenAI(sync_client(server), guard, exit_behavior="refuse")
+    client = GuardedOpenAI(sync_client(server), guard, on_flagged="block")
     chunks = list(
         client.chat.completions.create(
             model="fake-chat", messages=SAFE, stream=True, stream_options={"include_usage": True}
@@ -164,7 +166,7 @@ def test_bypasses_are_closed_and_types_checked(guard: Guard, server: FakeOpenAIS
     with pytest.raises(InvalidInputError, match="GuardedOpenAI"):
         GuardedAsyncOpenAI(sync_client(server), guard)
     with pytest.raises(InvalidInputError, match="exit_behavior"):
-        GuardedOpenAI(sync_client(server), guard, exit_behavior="end")  # type: ignore[arg-type]
+        GuardedOpenAI(sync_client(server), guard, exit_behavior="stop")
 
 
 def test_no_user_turn_is_not_judged(guard: Guard, backend: AsyncFakeBackend, server: FakeOpenAIServer) -> None:
@@ -176,7 +178,9 @@ def test_no_user_turn_is_not_judged(guard: Guard, backend: AsyncFakeBackend, ser
 def test_unjudgeable_input_fails_closed(guard: Guard, server: FakeOpenAIServer) -> None:
     audio = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]
     with pytest.raises(ChatCompletionBlocked) as caught:
-        GuardedOpenAI(sync_client(server), guard).chat.completions.create(model="fake-chat", messages=audio)
+        GuardedOpenAI(sync_client(server), guard, on_flagged="raise").chat.completions.create(
+            model="fake-chat", messages=audio
+        )
     assert caught.value.result.status == "invalid_input" and server.requests == []
     with pytest.raises(InvalidInputError, match="input_audio"):
         GuardedOpenAI(sync_client(server), guard, on_guard_error="raise").chat.completions.create(
@@ -187,7 +191,7 @@ def test_unjudgeable_input_fails_closed(guard: Guard, server: FakeOpenAIServer) 
 async def test_async_client(backend: AsyncFakeBackend) -> None:
     guard = Guard(backend=backend)
     server = FakeOpenAIServer(reply=lambda body, i: "Add poison." if "soup" in str(body["messages"]) else "Flour.")
-    client = GuardedAsyncOpenAI(async_client(server), guard, exit_behavior="refuse")
+    client = GuardedAsyncOpenAI(async_client(server), guard, on_flagged="block")
     ok = await client.chat.completions.create(model="fake-chat", messages=SAFE)
     assert ok.choices[0].message.content == "Flour." and ok.guardreasoner.blocked is None
     blocked = await client.chat.completions.create(model="fake-chat", messages=HARMFUL)
@@ -206,7 +210,7 @@ async def test_async_client(backend: AsyncFakeBackend) -> None:
     assert "".join([c.choices[0].delta.content or "" async for c in live if c.choices]).strip() == "Flour."
     assert backend.async_calls == 8  # every judgement went through agenerate
     with pytest.raises(ChatCompletionBlocked):
-        await GuardedAsyncOpenAI(async_client(server), guard).chat.completions.create(
+        await GuardedAsyncOpenAI(async_client(server), guard, on_flagged="raise").chat.completions.create(
             model="fake-chat", messages=HARMFUL
         )
 

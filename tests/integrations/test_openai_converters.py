@@ -28,7 +28,11 @@ def test_last_user_turn_and_reply() -> None:
         {"role": "assistant", "content": [{"type": "text", "text": "second answer"}]},
     ]
     item = oai.messages_to_item(messages)
-    assert item.text == "second\nquestion"  # consecutive user messages are one turn
+    # consecutive user messages are one turn; the earlier turn is context inside the prompt (issue 13.1)
+    assert item.text == (
+        "[Earlier conversation]\nUser: first question\nAssistant: first answer\n"
+        "[Current request, with image]\nsecond\nquestion"
+    )
     assert item.image == png_data_url()
     assert item.response == "second answer"
     assert oai.messages_to_item(messages[:4]).response is None  # the earlier answer is not the reply

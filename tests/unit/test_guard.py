@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from guardreasoner_vl import (
     BackendError,
     Guard,
+    GuardClosedError,
     GuardResult,
     InvalidInputError,
     ModelFamily,
@@ -220,8 +221,9 @@ def test_close_and_context_manager():
     with Guard(backend=backend) as guard:
         guard.moderate("x")
     assert backend.closed
-    with pytest.raises(InvalidInputError, match="closed"):
+    with pytest.raises(GuardClosedError, match="closed") as caught:
         guard.moderate("x")
+    assert not isinstance(caught.value, InvalidInputError)  # integrations must not read it as "bad input"
     guard.close()  # idempotent
 
 

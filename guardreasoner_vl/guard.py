@@ -314,9 +314,7 @@ class Guard:
             generations = [Generation(text="", error=error) for _ in items]
         return [self._result(i, g, latency) for i, g in zip(items, generations, strict=True)], failure
 
-    def _run(
-        self, items: Sequence[PreparedItem], params: SamplingParams
-    ) -> tuple[list[GuardResult], Exception | None]:
+    def _run(self, items: Sequence[PreparedItem], params: SamplingParams) -> tuple[list[GuardResult], Exception | None]:
         start = time.perf_counter()
         try:
             generations: list[Generation] | None = self.backend.generate([i.request for i in items], params)

@@ -19,7 +19,7 @@ import importlib.util
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from guardreasoner_vl.backends.base import (
     Backend,
@@ -135,7 +135,7 @@ def create_backend(name: str, model: str | Path, settings: EngineSettings | None
     if isinstance(target, type) and issubclass(target, Backend):
         engine: Any = target.from_settings(model, settings)
     else:
-        engine = target(model, settings)
+        engine = cast(BackendFactory, target)(model, settings)
     return as_backend(engine)
 
 

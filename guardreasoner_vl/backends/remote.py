@@ -209,7 +209,7 @@ class RemoteBackend(Backend):
             raise InvalidInputError(f"special_tokens must be 'reject', 'escape' or 'allow', got {special_tokens!r}")
         if not str(base_url).startswith(("http://", "https://")):
             raise InvalidInputError(f"base_url must start with http:// or https://, got {base_url!r}")
-        self.model_id = str(model)
+        self.model_id: str = str(model)
         self.family: ModelFamily = ModelFamily(family) if family is not None else detect_family(self.model_id)
         self.base_url = str(base_url).rstrip("/")
         self.timeout_s = float(timeout_s)

@@ -105,7 +105,7 @@ class TransformersBackend(Backend):
         transformers = require("transformers", "transformers", feature="the transformers backend")
         if batch_size < 1:
             raise InvalidInputError("batch_size must be at least 1")
-        self.model_id = str(model)
+        self.model_id: str = str(model)
         self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

@@ -154,7 +154,7 @@ class VLLMBackend(Backend):
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError("batch_size must be at least 1")
         self._vllm = vllm
-        self.model_id = str(model)
+        self.model_id: str = str(model)
         extra = dict(engine_kwargs or {})
         self.family: ModelFamily = ModelFamily(family) if family is not None else self._detect_family(extra)
         self.min_pixels = min_pixels
@@ -225,9 +225,7 @@ class VLLMBackend(Backend):
         (BOS) comes first, as the reference's raw-string prompt gets it from the tokenizer.
         """
         if request.prompt.has_image and not self.family.spec.supports_images:
-            raise InvalidInputError(
-                f"the {self.family.value} family cannot read images; use a GuardReasoner-VL model"
-            )
+            raise InvalidInputError(f"the {self.family.value} family cannot read images; use a GuardReasoner-VL model")
         encoded = encode_prompt(
             self.encoder,
             request.prompt,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from guardreasoner_vl.errors import BackendError, GuardError, InvalidInputError, ParseError
+from guardreasoner_vl.errors import BackendError, GuardClosedError, GuardError, InvalidInputError, ParseError
 from guardreasoner_vl.types import GuardResult, Verdict
 
 if TYPE_CHECKING:
@@ -275,6 +275,8 @@ def _merge(
 
 def _recover(guard: Guard, exc: GuardError, n_items: int, policy: GuardErrorPolicy) -> list[GuardResult]:
     """Results to use when the guard call failed, or re-raise (shared by the sync and async paths)."""
+    if isinstance(exc, GuardClosedError):  # a closed guard is the caller's bug, not content to block
+        raise exc
     if isinstance(exc, ParseError):
         if policy == "raise" or exc.results is None:
             raise exc

@@ -43,7 +43,6 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.errors import InvalidInputError, MissingDependencyError, require
-from guardreasoner_vl.prompts import ModelFamily
 from guardreasoner_vl.training.config import RLConfig
 from guardreasoner_vl.training.sft import (
     ResumeWeightsMixin,

@@ -371,9 +371,7 @@ def save_for_guard(
     if trainer.is_world_process_zero():
         dtype = getattr(torch, final_dtype) if final_dtype else None
         family = model_family(base_model)
-        cls = (
-            getattr(transformers, family.spec.model_class)
-        )
+        cls = getattr(transformers, family.spec.model_class)
         if is_peft:
             peft = require("peft", "train", feature="LoRA training")
             base = cls.from_pretrained(base_model, dtype=torch.float32)
@@ -586,9 +584,7 @@ class GuardSFTCollator:
             vision = self.image_processor(images=[prepared], return_tensors="pt")
             merge = int(getattr(self.image_processor, "merge_size", 2))
             n_image = int(vision["image_grid_thw"][0].prod().item()) // (merge * merge)
-        encoded = encode_prompt(
-            self.encoder, prompt, num_image_tokens=n_image, add_prefix=self.family.spec.adds_bos
-        )
+        encoded = encode_prompt(self.encoder, prompt, num_image_tokens=n_image, add_prefix=self.family.spec.adds_bos)
         target_ids = self.encoder.encode(target) + self.end_ids
         prompt_ids = encoded.input_ids
         if self.max_length is not None:

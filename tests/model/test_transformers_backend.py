@@ -161,7 +161,7 @@ def test_text_checkpoint_under_a_vl_named_folder_loads_as_text(tiny_text_path, t
 def test_family_conflict_with_the_engine_is_an_error(tiny_text_path):
     from guardreasoner_vl import InvalidInputError
 
-    with pytest.raises(InvalidInputError, match="family='vl'.*'text' family"):
+    with pytest.raises(InvalidInputError, match=r"family='vl'.*'text' family"):
         Guard(tiny_text_path, backend="remote", family="vl", backend_options={"family": "text"})
     with Guard(tiny_text_path, backend="transformers", family="text", max_new_tokens=2) as g:
         assert g.family is ModelFamily.TEXT

@@ -172,7 +172,7 @@ def test_family_spec_holds_what_differs():
 
     vl, text = ModelFamily.VL.spec, ModelFamily.TEXT.spec
     assert set(FAMILY_SPECS) == set(ModelFamily) and all(FAMILY_SPECS[f].family is f for f in ModelFamily)
-    assert (vl.patch_size, vl.merge_size, vl.image_factor) == (14, 2, 28) and IMAGE_FACTOR == vl.image_factor
+    assert (vl.patch_size, vl.merge_size, vl.image_factor) == (14, 2, 28) and vl.image_factor == IMAGE_FACTOR
     assert (MIN_PIXELS, MAX_PIXELS) == (4 * 28 * 28, 16384 * 28 * 28)
     assert vl.image_tokens(56, 84) == 6 and text.image_tokens(56, 84) == 0
     assert (vl.supports_images, vl.has_refusal_task, vl.chat, vl.adds_bos) == (True, False, True, False)

@@ -2,19 +2,26 @@
 
 The pipe every judgement goes through::
 
-    inputs.py (validate, load, resize) -> prompts.py (exact reference prompt)
-      -> backend.generate (batched) -> parsing.parse_output -> GuardResult
+    prepare: inputs.py (validate, load, resize) -> prompts.py (exact reference prompt) -> PreparedItem
+    run:     backend.generate (batched) -> parsing.parse_output -> GuardResult
+
+``moderate_batch`` is ``run_prepared(prepare_batch(items))``; :meth:`Guard.prepare` and
+:meth:`Guard.run_prepared` are public, so a caller that queues or logs items prepares each one once.
 
 Policies, all documented on :class:`Guard`:
 
 * **Parse failures** (``on_parse_error``): ``"flag"`` (default, fail closed), ``"allow"`` (fail open: only
   verdicts that were read count), ``"raise"`` (:class:`~guardreasoner_vl.errors.ParseError`). Either way
   the result says ``status="parse_error"`` and keeps the raw output.
-* **Bad input**: :meth:`Guard.moderate` raises :class:`~guardreasoner_vl.errors.InvalidInputError`;
+* **Bad input** (anything that fails while preparing, an image decoder's own exception included):
+  :meth:`Guard.moderate` raises :class:`~guardreasoner_vl.errors.InvalidInputError` (chained);
   :meth:`Guard.moderate_batch` never drops an item: a bad one gets a result with
   ``status="invalid_input"``, ``flagged=True`` and the reason in ``error``, the others are judged.
-* **Engine failures** on one item: ``moderate`` raises :class:`~guardreasoner_vl.errors.BackendError`;
-  ``moderate_batch`` returns ``status="engine_error"``, ``flagged=True`` for that item.
+* **Engine failures**: a failed request, or any exception from the engine's call, gives
+  ``status="engine_error"``, ``flagged=True`` for the items of that call in ``moderate_batch``;
+  ``moderate`` raises :class:`~guardreasoner_vl.errors.BackendError` with the original chained.
+* **Closed guards** raise :class:`~guardreasoner_vl.errors.GuardClosedError`; a guard made by
+  :meth:`Guard.with_options` shares the engine and does not own it.
 """
 
 from __future__ import annotations

@@ -403,3 +403,15 @@ def test_engine_settings_need_an_engine_by_name():
     assert Guard(backend="fake", backend_options={"harmful_keywords": ["tea"]}).moderate("tea").flagged
     with pytest.raises(InvalidInputError, match="remote backend does not take device"):
         Guard("yueliu1999/GuardReasoner-VL-3B", backend="remote", device="cuda")
+
+
+def test_a_closed_guard_is_an_error_in_integrations_not_blocked_content():
+    pytest.importorskip("langchain_core")
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    guard = Guard(backend=FakeBackend())
+    chain = guard.as_runnable(FakeListChatModel(responses=["Knead the dough."]))  # on_guard_error="block"
+    assert chain.invoke("how do I bake bread?").content == "Knead the dough."
+    guard.close()
+    with pytest.raises(GuardClosedError):  # not a silent "blocked" reply to every message
+        chain.invoke("how do I bake bread?")

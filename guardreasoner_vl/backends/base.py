@@ -110,6 +110,15 @@ class EngineSettings:
     batch_size: int = 8
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    def refuse(self, *names: str, engine: str, reason: str) -> None:
+        """Raise :class:`InvalidInputError` when any of the settings ``names`` is set (and not in :attr:`options`).
+
+        For an engine that cannot use a setting: refusing it says so, where dropping it would not.
+        """
+        given = [n for n in names if getattr(self, n) is not None and n not in self.options]
+        if given:
+            raise InvalidInputError(f"the {engine} backend does not take {' or '.join(given)}: {reason}")
+
     def merged(self, **taken: Any) -> dict[str, Any]:
         """Constructor keywords: the settings an engine takes (``None`` values left out), then :attr:`options`."""
         return {**{k: v for k, v in taken.items() if v is not None}, **dict(self.options)}

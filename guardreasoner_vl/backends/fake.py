@@ -116,8 +116,9 @@ class FakeBackend(FunctionBackend):
 
     @classmethod
     def from_settings(cls, model: str | Path, settings: EngineSettings) -> Self:
-        """``FakeBackend(family=..., **options)``: no model to load, so the model, device, dtype, image bounds
-        and batch size do not apply."""
+        """``FakeBackend(family=..., **options)``: there is no model to load, so a device or dtype is refused
+        (image bounds and batch size are the guard's own and do not matter here)."""
+        settings.refuse("device", "dtype", engine="fake", reason="it loads no model")
         return cls(**settings.merged(family=settings.family))
 
     def __init__(

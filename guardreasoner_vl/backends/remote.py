@@ -169,11 +169,7 @@ class RemoteBackend(Backend):
     def from_settings(cls, model: str | Path, settings: EngineSettings) -> Self:
         """Takes the family and batch size, then the engine options. The server runs the model and resizes
         images itself, so a device or dtype is refused rather than dropped."""
-        given = [k for k in ("device", "dtype") if getattr(settings, k) is not None]
-        if given:
-            raise InvalidInputError(
-                f"the remote backend does not take {' or '.join(given)}: the server it calls decides them"
-            )
+        settings.refuse("device", "dtype", engine="remote", reason="the server it calls decides them")
         return cls(model, **settings.merged(family=settings.family, batch_size=settings.batch_size))
 
     def __init__(

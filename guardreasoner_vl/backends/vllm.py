@@ -104,10 +104,7 @@ class VLLMBackend(Backend):
     def from_settings(cls, model: str | Path, settings: EngineSettings) -> Self:
         """Takes the family, dtype, image bounds and batch size, then the engine options. vLLM picks its own
         device (a ``device`` setting is refused rather than dropped: place the engine with ``CUDA_VISIBLE_DEVICES``)."""
-        if settings.device is not None and "device" not in settings.options:
-            raise InvalidInputError(
-                f"the vLLM backend does not take device={settings.device!r}; choose GPUs with CUDA_VISIBLE_DEVICES"
-            )
+        settings.refuse("device", engine="vLLM", reason="choose its GPUs with CUDA_VISIBLE_DEVICES")
         return cls(
             model,
             **settings.merged(

@@ -401,8 +401,10 @@ def test_engine_settings_need_an_engine_by_name():
     with pytest.raises(InvalidInputError, match="already built"):
         Guard(backend=FakeBackend(), device="cpu")
     assert Guard(backend="fake", backend_options={"harmful_keywords": ["tea"]}).moderate("tea").flagged
-    with pytest.raises(InvalidInputError, match="remote backend does not take device"):
-        Guard("yueliu1999/GuardReasoner-VL-3B", backend="remote", device="cuda")
+    with pytest.raises(InvalidInputError, match="remote backend does not take device or dtype"):
+        Guard("yueliu1999/GuardReasoner-VL-3B", backend="remote", device="cuda", dtype="float16")
+    with pytest.raises(InvalidInputError, match="fake backend does not take dtype: it loads no model"):
+        Guard(backend="fake", dtype="bfloat16")
 
 
 def test_a_closed_guard_is_an_error_in_integrations_not_blocked_content():

@@ -216,7 +216,7 @@ class Guard:
         except GuardError:
             raise
         except Exception as exc:
-            raise InvalidInputError(f"the input could not be prepared: {type(exc).__name__}: {exc}") from exc
+            raise InvalidInputError(f"{type(exc).__name__}: {exc}") from exc
 
     def _prepare(self, text: str | None, image: ImageInput | None, response: str | None) -> PreparedItem:
         text = validate_text(text, name="text", limits=self.limits)

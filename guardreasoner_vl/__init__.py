@@ -12,6 +12,7 @@ integrations import them when used.
 
 from guardreasoner_vl.errors import (
     BackendError,
+    GuardClosedError,
     GuardError,
     GuardViolation,
     InvalidInputError,
@@ -19,11 +20,11 @@ from guardreasoner_vl.errors import (
     ModelLoadError,
     ParseError,
 )
-from guardreasoner_vl.guard import Guard
+from guardreasoner_vl.guard import Guard, PreparedItem
 from guardreasoner_vl.inputs import InputLimits
 from guardreasoner_vl.parsing import ParsedOutput, parse_output
 from guardreasoner_vl.prompts import DEFAULT_MODEL, ModelFamily
-from guardreasoner_vl.types import GuardResult, ModerationItem, RefusalVerdict, Usage, Verdict
+from guardreasoner_vl.types import GuardResult, ImageInput, ModerationItem, RefusalVerdict, Usage, Verdict
 
 __version__ = "0.1.0"
 
@@ -31,9 +32,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "BackendError",
     "Guard",
+    "GuardClosedError",
     "GuardError",
     "GuardResult",
     "GuardViolation",
+    "ImageInput",
     "InputLimits",
     "InvalidInputError",
     "MissingDependencyError",
@@ -42,6 +45,7 @@ __all__ = [
     "ModerationItem",
     "ParseError",
     "ParsedOutput",
+    "PreparedItem",
     "RefusalVerdict",
     "Usage",
     "Verdict",

@@ -7,6 +7,7 @@ Every error the library raises on purpose derives from :class:`GuardError`::
     ├── MissingDependencyError (also ImportError) an optional extra is not installed
     ├── ModelLoadError                            a checkpoint could not be found or loaded
     ├── BackendError                              the engine failed while generating
+    ├── GuardClosedError                          the guard (or its engine) was closed
     ├── ParseError                                the model's output could not be read
     │                                             (raised only with ``on_parse_error="raise"``)
     └── GuardViolation                            raised by integrations when content is flagged
@@ -49,6 +50,14 @@ class ModelLoadError(GuardError):
 
 class BackendError(GuardError):
     """The generation engine failed (out of memory, server error, lost connection, ...)."""
+
+
+class GuardClosedError(GuardError):
+    """The guard was closed (or the guard it was cloned from was), so it cannot judge anything any more.
+
+    Not an :class:`InvalidInputError`: the input is fine, the guard is not, and integrations that treat
+    invalid input as "block this message" must not silently block all traffic because of it.
+    """
 
 
 class ParseError(GuardError):

@@ -2,19 +2,26 @@
 
 The pipe every judgement goes through::
 
-    inputs.py (validate, load, resize) -> prompts.py (exact reference prompt)
-      -> backend.generate (batched) -> parsing.parse_output -> GuardResult
+    prepare: inputs.py (validate, load, resize) -> prompts.py (exact reference prompt) -> PreparedItem
+    run:     backend.generate (batched) -> parsing.parse_output -> GuardResult
+
+``moderate_batch`` is ``run_prepared(prepare_batch(items))``; :meth:`Guard.prepare` and
+:meth:`Guard.run_prepared` are public, so a caller that queues or logs items prepares each one once.
 
 Policies, all documented on :class:`Guard`:
 
 * **Parse failures** (``on_parse_error``): ``"flag"`` (default, fail closed), ``"allow"`` (fail open: only
   verdicts that were read count), ``"raise"`` (:class:`~guardreasoner_vl.errors.ParseError`). Either way
   the result says ``status="parse_error"`` and keeps the raw output.
-* **Bad input**: :meth:`Guard.moderate` raises :class:`~guardreasoner_vl.errors.InvalidInputError`;
+* **Bad input** (anything that fails while preparing, an image decoder's own exception included):
+  :meth:`Guard.moderate` raises :class:`~guardreasoner_vl.errors.InvalidInputError` (chained);
   :meth:`Guard.moderate_batch` never drops an item: a bad one gets a result with
   ``status="invalid_input"``, ``flagged=True`` and the reason in ``error``, the others are judged.
-* **Engine failures** on one item: ``moderate`` raises :class:`~guardreasoner_vl.errors.BackendError`;
-  ``moderate_batch`` returns ``status="engine_error"``, ``flagged=True`` for that item.
+* **Engine failures**: a failed request, or any exception from the engine's call, gives
+  ``status="engine_error"``, ``flagged=True`` for the items of that call in ``moderate_batch``;
+  ``moderate`` raises :class:`~guardreasoner_vl.errors.BackendError` with the original chained.
+* **Closed guards** raise :class:`~guardreasoner_vl.errors.GuardClosedError`; a guard made by
+  :meth:`Guard.with_options` shares the engine and does not own it.
 """
 
 from __future__ import annotations
@@ -25,29 +32,69 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from guardreasoner_vl.backends import FakeBackend, available_backend, load_backend_class
-from guardreasoner_vl.backends.base import Backend, Generation, GenerationRequest, SamplingParams
-from guardreasoner_vl.errors import BackendError, InvalidInputError, ParseError
+from guardreasoner_vl.backends import create_backend
+from guardreasoner_vl.backends.base import (
+    Backend,
+    EngineSettings,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+    as_backend,
+)
+from guardreasoner_vl.errors import BackendError, GuardClosedError, GuardError, InvalidInputError, ParseError
 from guardreasoner_vl.inputs import DEFAULT_LIMITS, InputLimits, prepare_image, validate_text
 from guardreasoner_vl.parsing import parse_output
-from guardreasoner_vl.prompts import DEFAULT_MODEL, ModelFamily, detect_family, render_prompt
-from guardreasoner_vl.types import GuardResult, ModerationItem, OnParseError, Usage, Verdict
+from guardreasoner_vl.prompts import DEFAULT_MODEL, ModelFamily, RenderedPrompt, detect_family, render_prompt
+from guardreasoner_vl.types import GuardResult, ImageInput, ModerationItem, OnParseError, Usage, Verdict
 
-__all__ = ["Guard", "PreparedItem"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["Guard", "ItemLike", "PreparedItem"]
 
 logger = logging.getLogger(__name__)
 
 ItemLike = ModerationItem | Mapping[str, Any] | str
+"""One input of a batch: request text, a dict with ``text``/``image``/``response``, or a :class:`ModerationItem`."""
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedItem:
-    """A validated input, ready for an engine: its generation request and what was asked."""
+    """A validated input, ready for the engine: its rendered prompt, its prepared image and what was asked.
+
+    Made by :meth:`Guard.prepare` (or :meth:`Guard.prepare_batch`), judged by :meth:`Guard.run_prepared` /
+    :meth:`Guard.arun_prepared`: the image is decoded and the prompt rendered once, however the item travels
+    (a server queue, an evaluation log).
+
+    Attributes:
+        request: what the engine is given (the rendered prompt and the prepared image).
+        has_response: whether the AI's response was given (and so is judged).
+    """
 
     request: GenerationRequest
     has_response: bool
+
+    @property
+    def prompt(self) -> RenderedPrompt:
+        """The rendered reference prompt (``prompt.text`` is the reference rendering, byte for byte)."""
+        return self.request.prompt
+
+    @property
+    def image(self) -> Image.Image | None:
+        """The prepared image (RGB, smart-resized), or None."""
+        return self.request.image
+
+
+class _SharedEngine:
+    """The engine of a guard and its :meth:`Guard.with_options` clones, and whether its owner closed it."""
+
+    __slots__ = ("backend", "closed")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.closed = False
 
 
 class Guard:
@@ -55,11 +102,15 @@ class Guard:
 
     Args:
         model: Hub id or checkpoint directory. Default: ``yueliu1999/GuardReasoner-VL-3B``.
-        backend: ``"auto"`` (vLLM when installed with a GPU, else transformers), ``"transformers"``,
-            ``"vllm"``, ``"remote"``, ``"fake"``, or a :class:`~guardreasoner_vl.backends.Backend` instance.
-        family: force the model family (``"vl"`` or ``"text"``); detected from the id or config otherwise.
-        device: where the transformers engine runs (default: CUDA when available, else CPU).
-        dtype: model dtype for the transformers engine (default: bf16 on GPU, fp32 on CPU).
+        backend: an engine name: ``"auto"`` (vLLM when installed with a GPU, else transformers),
+            ``"transformers"``, ``"vllm"``, ``"remote"``, ``"fake"``, or one added with
+            :func:`~guardreasoner_vl.backends.register_backend` or the ``guardreasoner_vl.backends`` entry-point
+            group; or an engine object (a :class:`~guardreasoner_vl.backends.Backend`, or any object with
+            ``generate(requests, params)``).
+        family: force the model family (``"vl"`` or ``"text"``); detected from the engine, the checkpoint's
+            config or the id otherwise. An engine that serves another family is refused.
+        device: where a local engine runs (transformers; default: CUDA when available, else CPU).
+        dtype: model dtype for a local engine (default: bf16 on GPU, fp32 on CPU for transformers).
         max_new_tokens: generation budget (default: 4096 VL, 2048 text, as in the reference).
         temperature, top_p, seed: decoding; the default is greedy (the reference decoding).
         on_parse_error: ``"flag"`` (default), ``"allow"`` or ``"raise"``; see the module docs.
@@ -67,6 +118,9 @@ class Guard:
             pixels, resize bounds, URL fetching.
         batch_size: most prompts per engine call.
         backend_options: extra keyword arguments for the engine's constructor.
+
+        The engine is built from these settings by its own ``from_settings`` (see
+        :class:`~guardreasoner_vl.backends.EngineSettings`); an engine refuses a setting it does not take.
 
     Example:
         >>> from guardreasoner_vl.backends import FakeBackend
@@ -80,7 +134,7 @@ class Guard:
         self,
         model: str | Path = DEFAULT_MODEL,
         *,
-        backend: str | Backend = "auto",
+        backend: str | Backend | Any = "auto",
         family: ModelFamily | str | None = None,
         device: str | None = None,
         dtype: Any = None,
@@ -100,33 +154,37 @@ class Guard:
         self.limits = limits or DEFAULT_LIMITS
         self.on_parse_error: OnParseError = on_parse_error
         forced = ModelFamily(family) if family is not None else None
-        options = dict(backend_options or {})
         if isinstance(backend, str):
-            name = available_backend() if backend == "auto" else backend
-            if name == "fake":
-                self.backend: Backend = FakeBackend(**options)
-                self.model_id = str(model) if model != DEFAULT_MODEL else "fake"
-                self.family = forced or detect_family(model)
-            else:
-                cls = load_backend_class(name)
-                if name in ("transformers", "vllm"):  # local engines: image bounds follow the input limits
-                    if name == "transformers":
-                        options.setdefault("device", device)
-                    if dtype is not None or name == "transformers":
-                        options.setdefault("dtype", dtype)
-                    options.setdefault("min_pixels", self.limits.min_pixels)
-                    options.setdefault("max_pixels", self.limits.max_pixels)
-                options.setdefault("batch_size", batch_size)
-                self.backend = cls(model, family=forced, **options)
-                self.model_id = str(model)
-                self.family = getattr(self.backend, "family", None) or forced or detect_family(model)
+            settings = EngineSettings(
+                family=forced,
+                device=device,
+                dtype=dtype,
+                min_pixels=self.limits.min_pixels,  # engines that resize images use the guard's bounds
+                max_pixels=self.limits.max_pixels,
+                batch_size=batch_size,
+                options=dict(backend_options or {}),
+            )
+            engine = create_backend(backend, model, settings)
         else:
-            if not callable(getattr(backend, "generate", None)):
-                raise InvalidInputError(f"backend must be a name or a Backend, got {type(backend).__name__}")
-            self.backend = backend
-            default_id = str(model) if model != DEFAULT_MODEL else backend.name
-            self.model_id = str(getattr(backend, "model_id", None) or default_id)
-            self.family = forced or getattr(backend, "family", None) or detect_family(model)
+            if backend_options or device is not None or dtype is not None:
+                raise InvalidInputError(
+                    "backend_options, device and dtype build an engine by name (backend='transformers', ...); "
+                    "an engine object passed as backend= is already built"
+                )
+            engine = as_backend(backend)
+        default_id = str(model) if model != DEFAULT_MODEL else engine.name
+        self.model_id: str = str(engine.model_id or default_id)
+        served = ModelFamily(engine.family) if engine.family is not None else None
+        if forced is not None and served is not None and served is not forced:
+            if isinstance(backend, str):
+                engine.close()
+            raise InvalidInputError(
+                f"family={forced.value!r} was asked for, but the {engine.name!r} engine serves {self.model_id!r} "
+                f"as the {served.value!r} family; drop family= or give a {forced.value} model"
+            )
+        self.family: ModelFamily = forced or served or detect_family(model)
+        self._engine = _SharedEngine(engine)
+        self._owns_engine = True
         self.params = SamplingParams(
             max_new_tokens=max_new_tokens or self.family.default_max_new_tokens,
             temperature=temperature,
@@ -135,14 +193,32 @@ class Guard:
         )
         self._closed = False
 
+    @property
+    def backend(self) -> Backend:
+        """The engine (shared with the guards :meth:`with_options` made from this one)."""
+        return self._engine.backend
+
     # -- preparing inputs -------------------------------------------------------------------------
 
-    def prepare(self, text: str | None = None, image: Any = None, *, response: str | None = None) -> PreparedItem:
-        """Validate one input and render its prompt (what :meth:`moderate` does before generating).
+    def prepare(
+        self, text: str | None = None, image: ImageInput | None = None, *, response: str | None = None
+    ) -> PreparedItem:
+        """Validate one input, load its image and render its prompt (what :meth:`moderate` does before generating).
+
+        Judge the result with :meth:`run_prepared` / :meth:`arun_prepared`.
 
         Raises:
-            InvalidInputError: what was wrong with the input.
+            InvalidInputError: what was wrong with the input; any other failure while preparing it (an image
+                decoder's, say) is one too, chained, with the original type and message.
         """
+        try:
+            return self._prepare(text, image, response)
+        except GuardError:
+            raise
+        except Exception as exc:
+            raise InvalidInputError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _prepare(self, text: str | None, image: ImageInput | None, response: str | None) -> PreparedItem:
         text = validate_text(text, name="text", limits=self.limits)
         response = validate_text(response, name="response", limits=self.limits)
         if text is None and image is None:
@@ -153,12 +229,11 @@ class Guard:
             )
         prepared = prepare_image(image, limits=self.limits) if image is not None else None
         prompt = render_prompt(self.family, text, response=response, has_image=prepared is not None)
-        check_prompt = getattr(self.backend, "check_prompt", None)  # engine-specific refusals (remote engine)
-        if check_prompt is not None:
-            check_prompt(prompt)
+        self.backend.check_prompt(prompt)  # engine-specific refusals (the remote engine's special tokens)
         return PreparedItem(GenerationRequest(prompt=prompt, image=prepared), has_response=response is not None)
 
-    def _prepare_item(self, item: ItemLike) -> PreparedItem:
+    def prepare_item(self, item: ItemLike) -> PreparedItem:
+        """:meth:`prepare` for one batch item (a str, a dict with text/image/response, or a :class:`ModerationItem`)."""
         if isinstance(item, str):
             return self.prepare(item)
         if isinstance(item, ModerationItem):
@@ -169,6 +244,22 @@ class Guard:
                 raise InvalidInputError(f"unknown keys {sorted(unknown)}; an item has text, image and response")
             return self.prepare(item.get("text"), item.get("image"), response=item.get("response"))
         raise InvalidInputError(f"a batch item must be a str, a dict or a ModerationItem, got {type(item).__name__}")
+
+    def prepare_batch(self, items: Iterable[ItemLike]) -> list[PreparedItem | GuardResult]:
+        """Prepare every item; one that fails (with any exception) is its ``invalid_input`` result, in place.
+
+        The list goes to :meth:`run_prepared`, which passes those results through.
+        """
+        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+            raise InvalidInputError("moderate_batch takes a list of items (use moderate() for one)")
+        out: list[PreparedItem | GuardResult] = []
+        for item in items:
+            try:
+                out.append(self.prepare_item(item))
+            except Exception as exc:  # one bad item never fails its neighbours
+                error = str(exc) if isinstance(exc, InvalidInputError) else f"{type(exc).__name__}: {exc}"
+                out.append(GuardResult(flagged=True, status="invalid_input", error=error, model=self.model_id))
+        return out
 
     # -- turning output into results ----------------------------------------------------------------
 
@@ -209,23 +300,52 @@ class Guard:
             usage=usage,
         )
 
-    def _run(self, items: Sequence[PreparedItem], params: SamplingParams) -> list[GuardResult]:
-        start = time.perf_counter()
-        generations = self.backend.generate([i.request for i in items], params)
-        return self._finish(items, generations, time.perf_counter() - start)
-
     def _finish(
-        self, items: Sequence[PreparedItem], generations: Sequence[Generation], latency: float
-    ) -> list[GuardResult]:
-        if len(generations) != len(items):
-            raise BackendError(
+        self,
+        items: Sequence[PreparedItem],
+        generations: Sequence[Generation] | None,
+        failure: Exception | None,
+        latency: float,
+    ) -> tuple[list[GuardResult], Exception | None]:
+        """Results of one engine call; any failure of the engine is every item's ``engine_error``."""
+        if failure is None and generations is not None and len(generations) != len(items):
+            failure = BackendError(
                 f"backend {self.backend.name!r} returned {len(generations)} generations for {len(items)} requests"
             )
-        return [self._result(i, g, latency) for i, g in zip(items, generations, strict=True)]
+        if failure is not None or generations is None:
+            if isinstance(failure, BackendError):
+                error = str(failure)
+            else:
+                error = f"{type(failure).__name__}: {failure}"
+                logger.warning("the %r engine failed on a batch of %d: %s", self.backend.name, len(items), error)
+            generations = [Generation(text="", error=error) for _ in items]
+        return [self._result(i, g, latency) for i, g in zip(items, generations, strict=True)], failure
 
-    def _check_single(self, result: GuardResult) -> GuardResult:
+    def _run(self, items: Sequence[PreparedItem], params: SamplingParams) -> tuple[list[GuardResult], Exception | None]:
+        start = time.perf_counter()
+        try:
+            generations: list[Generation] | None = self.backend.generate([i.request for i in items], params)
+            failure = None
+        except Exception as exc:  # any engine failure, not only the library's own
+            generations, failure = None, exc
+        return self._finish(items, generations, failure, time.perf_counter() - start)
+
+    async def _arun(
+        self, items: Sequence[PreparedItem], params: SamplingParams
+    ) -> tuple[list[GuardResult], Exception | None]:
+        start = time.perf_counter()
+        try:
+            generations: list[Generation] | None = await self.backend.agenerate([i.request for i in items], params)
+            failure = None
+        except Exception as exc:  # any engine failure, not only the library's own
+            generations, failure = None, exc
+        return self._finish(items, generations, failure, time.perf_counter() - start)
+
+    def _check_single(self, result: GuardResult, failure: Exception | None = None) -> GuardResult:
         if result.status == "engine_error":
-            raise BackendError(result.error or "the engine failed")
+            if isinstance(failure, BackendError):
+                raise failure
+            raise BackendError(result.error or "the engine failed") from failure
         if result.status == "parse_error" and self.on_parse_error == "raise":
             raise ParseError(f"could not read the guard's verdicts: {result.error}", result=result)
         return result
@@ -240,9 +360,42 @@ class Guard:
                 )
         return results
 
+    def _pending(
+        self, items: Iterable[PreparedItem | GuardResult]
+    ) -> tuple[list[GuardResult | None], list[tuple[int, PreparedItem]]]:
+        if isinstance(items, (PreparedItem, GuardResult)) or not isinstance(items, Iterable):
+            raise InvalidInputError("run_prepared takes a list of prepared items")
+        slots: list[GuardResult | None] = []
+        pending: list[tuple[int, PreparedItem]] = []
+        for index, item in enumerate(items):
+            if isinstance(item, GuardResult):
+                slots.append(item)
+                continue
+            if not isinstance(item, PreparedItem):
+                raise InvalidInputError(
+                    f"run_prepared takes PreparedItem (from Guard.prepare) or GuardResult, got {type(item).__name__}"
+                )
+            if item.prompt.family is not self.family:
+                raise InvalidInputError(
+                    f"item {index} was prepared for the {item.prompt.family.value} family; "
+                    f"this guard runs the {self.family.value} family"
+                )
+            slots.append(None)
+            pending.append((index, item))
+        return slots, pending
+
+    def _merge(
+        self, slots: list[GuardResult | None], pending: list[tuple[int, PreparedItem]], done: list[GuardResult]
+    ) -> list[GuardResult]:
+        for (index, _), result in zip(pending, done, strict=True):
+            slots[index] = result
+        return self._check_batch([r for r in slots if r is not None])
+
     # -- public API ---------------------------------------------------------------------------------
 
-    def moderate(self, text: str | None = None, image: Any = None, *, response: str | None = None) -> GuardResult:
+    def moderate(
+        self, text: str | None = None, image: ImageInput | None = None, *, response: str | None = None
+    ) -> GuardResult:
         """Judge a request (text, image or both) and, if given, the AI's response to it.
 
         Args:
@@ -256,15 +409,59 @@ class Guard:
 
         Raises:
             InvalidInputError: the input is invalid (the message says why).
-            BackendError: the engine failed.
+            BackendError: the engine failed (with any exception; the original is chained).
             ParseError: the output could not be read and ``on_parse_error="raise"``.
+            GuardClosedError: the guard was closed.
         """
         self._check_open()
         item = self.prepare(text, image, response=response)
-        return self._check_single(self._run([item], self.params)[0])
+        results, failure = self._run([item], self.params)
+        return self._check_single(results[0], failure)
+
+    def run_prepared(
+        self, items: Iterable[PreparedItem | GuardResult], *, sampling: SamplingParams | None = None
+    ) -> list[GuardResult]:
+        """Judge prepared items in one engine call; results come back in order.
+
+        Args:
+            items: from :meth:`prepare` / :meth:`prepare_batch`; a :class:`GuardResult` among them (an item that
+                failed preparation) is passed through as it is.
+            sampling: decoding for this call only.
+
+        Returns:
+            One :class:`GuardResult` per item; when the engine fails, each judged item is ``engine_error``.
+
+        Example:
+            >>> from guardreasoner_vl.backends import FakeBackend
+            >>> guard = Guard(backend=FakeBackend())
+            >>> item = guard.prepare("How do I make a bomb?")
+            >>> item.prompt.user_text
+            'Human user:\\nHow do I make a bomb?\\n\\nAI assistant:\\nNone\\n'
+            >>> [r.flagged for r in guard.run_prepared([item])]
+            [True]
+        """
+        self._check_open()
+        slots, pending = self._pending(items)
+        done: list[GuardResult] = []
+        if pending:
+            done, _ = self._run([item for _, item in pending], sampling or self.params)
+        return self._merge(slots, pending, done)
+
+    async def arun_prepared(
+        self, items: Iterable[PreparedItem | GuardResult], *, sampling: SamplingParams | None = None
+    ) -> list[GuardResult]:
+        """Async :meth:`run_prepared` (the engine's ``agenerate``; the event loop never blocks)."""
+        self._check_open()
+        slots, pending = self._pending(items)
+        done: list[GuardResult] = []
+        if pending:
+            done, _ = await self._arun([item for _, item in pending], sampling or self.params)
+        return self._merge(slots, pending, done)
 
     def moderate_batch(self, items: Iterable[ItemLike], *, sampling: SamplingParams | None = None) -> list[GuardResult]:
         """Judge many inputs in batched engine calls; results come back in input order.
+
+        The same as ``run_prepared(prepare_batch(items))``.
 
         Args:
             items: strings (request text), dicts with ``text``/``image``/``response``, or
@@ -273,73 +470,35 @@ class Guard:
 
         Returns:
             One :class:`GuardResult` per item. A bad item is not dropped: its result has
-            ``status="invalid_input"``, ``flagged=True`` and the reason in ``error``.
+            ``status="invalid_input"``, ``flagged=True`` and the reason in ``error``; the others are judged.
+            When the engine fails (any exception), the judged items are ``engine_error``.
         """
         self._check_open()
-        results, pending = self._prepare_batch(items)
-        if pending:
-            done = self._run([p for _, p in pending], sampling or self.params)
-            for (index, _), result in zip(pending, done, strict=True):
-                results[index] = result
-        return self._check_batch([r for r in results if r is not None])
-
-    def _prepare_batch(
-        self, items: Iterable[ItemLike]
-    ) -> tuple[list[GuardResult | None], list[tuple[int, PreparedItem]]]:
-        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-            raise InvalidInputError("moderate_batch takes a list of items (use moderate() for one)")
-        results: list[GuardResult | None] = []
-        pending: list[tuple[int, PreparedItem]] = []
-        for index, item in enumerate(items):
-            try:
-                pending.append((index, self._prepare_item(item)))
-                results.append(None)
-            except InvalidInputError as exc:
-                results.append(GuardResult(flagged=True, status="invalid_input", error=str(exc), model=self.model_id))
-        return results, pending
+        return self.run_prepared(self.prepare_batch(items), sampling=sampling)
 
     async def amoderate(
-        self, text: str | None = None, image: Any = None, *, response: str | None = None
+        self, text: str | None = None, image: ImageInput | None = None, *, response: str | None = None
     ) -> GuardResult:
         """Async :meth:`moderate`: never blocks the event loop (local engines run in a worker thread)."""
-        results = await self._arun_batch([{"text": text, "image": image, "response": response}], strict=True)
-        return self._check_single(results[0])
+        self._check_open()
+        item = await asyncio.to_thread(self.prepare, text, image, response=response)
+        results, failure = await self._arun([item], self.params)
+        return self._check_single(results[0], failure)
 
     async def amoderate_batch(
         self, items: Iterable[ItemLike], *, sampling: SamplingParams | None = None
     ) -> list[GuardResult]:
         """Async :meth:`moderate_batch`."""
-        return self._check_batch(await self._arun_batch(list(items), strict=False, sampling=sampling))
-
-    async def _arun_batch(
-        self, items: list[Any], *, strict: bool, sampling: SamplingParams | None = None
-    ) -> list[GuardResult]:
         self._check_open()
-        if strict:  # single item: invalid input raises, like moderate()
-            item = items[0]
-            prepared = await asyncio.to_thread(self.prepare, item["text"], item["image"], response=item["response"])
-            results: list[GuardResult | None] = [None]
-            pending = [(0, prepared)]
-        else:
-            results, pending = await asyncio.to_thread(self._prepare_batch, items)
-        if pending:
-            params = sampling or self.params
-            requests = [p.request for _, p in pending]
-            start = time.perf_counter()
-            agenerate = getattr(self.backend, "agenerate", None)
-            if agenerate is not None:
-                generations = await agenerate(requests, params)
-            else:
-                generations = await asyncio.to_thread(self.backend.generate, requests, params)
-            done = self._finish([p for _, p in pending], generations, time.perf_counter() - start)
-            for (index, _), result in zip(pending, done, strict=True):
-                results[index] = result
-        return [r for r in results if r is not None]
+        prepared = await asyncio.to_thread(self.prepare_batch, items)
+        return await self.arun_prepared(prepared, sampling=sampling)
 
     def with_options(self, **changes: Any) -> Guard:
         """A guard sharing this one's loaded engine with other decoding or parse policy.
 
         Accepts ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``on_parse_error``, ``limits``.
+        The clone does not own the engine: closing it leaves this guard usable; closing this guard closes
+        the engine, and the clone then raises :class:`~guardreasoner_vl.errors.GuardClosedError`.
 
         Example:
             >>> g = Guard(backend="fake").with_options(on_parse_error="allow", max_new_tokens=64)
@@ -350,8 +509,11 @@ class Guard:
         unknown = set(changes) - allowed
         if unknown:
             raise InvalidInputError(f"with_options cannot change {sorted(unknown)}; allowed: {sorted(allowed)}")
+        self._check_open()
         clone = object.__new__(Guard)
         clone.__dict__.update(self.__dict__)
+        clone._owns_engine = False
+        clone._closed = False
         param_changes = {k: changes[k] for k in ("max_new_tokens", "temperature", "top_p", "seed") if k in changes}
         clone.params = replace(self.params, **param_changes)
         if "on_parse_error" in changes:
@@ -382,21 +544,51 @@ class Guard:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True once this guard, or the guard that owns its engine, was closed."""
+        return self._closed or self._engine.closed
+
     def _check_open(self) -> None:
         if self._closed:
-            raise InvalidInputError("this Guard is closed; create a new one")
+            raise GuardClosedError("this Guard is closed; create a new one")
+        if self._engine.closed:
+            raise GuardClosedError(
+                "the Guard this one was made from (with_options) is closed, and with it the engine; create a new one"
+            )
 
     def close(self) -> None:
-        """Free the engine (model weights, connections). Safe to call twice."""
-        if not self._closed:
-            self._closed = True
+        """Free the engine (model weights, connections), if this guard owns it. Safe to call twice.
+
+        A guard made by :meth:`with_options` does not own the engine: closing it closes only itself.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_engine and not self._engine.closed:
+            self._engine.closed = True
             self.backend.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close` (the engine's ``aclose``)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_engine and not self._engine.closed:
+            self._engine.closed = True
+            await self.backend.aclose()
 
     def __enter__(self) -> Guard:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Guard:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"Guard(model={self.model_id!r}, family={self.family.value!r}, backend={self.backend.name!r})"

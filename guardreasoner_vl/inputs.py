@@ -47,6 +47,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from guardreasoner_vl.errors import InvalidInputError
+from guardreasoner_vl.prompts import ModelFamily
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -62,10 +63,10 @@ __all__ = [
     "validate_text",
 ]
 
-IMAGE_FACTOR = 28
-"""Patch size (14) x spatial merge (2) of Qwen2.5-VL: each resized side is a multiple of it."""
-MIN_PIXELS = 4 * 28 * 28
-MAX_PIXELS = 16384 * 28 * 28
+IMAGE_FACTOR = ModelFamily.VL.spec.image_factor
+"""Patch size (14) x spatial merge (2) of Qwen2.5-VL (from its family spec): each resized side is a multiple of it."""
+MIN_PIXELS = 4 * IMAGE_FACTOR * IMAGE_FACTOR
+MAX_PIXELS = 16384 * IMAGE_FACTOR * IMAGE_FACTOR
 MAX_ASPECT_RATIO = 200
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -28,9 +29,11 @@ from guardreasoner_vl.errors import InvalidInputError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "FAMILY_SPECS",
     "IMAGE_MARKER",
     "TEXT_INSTRUCTION",
     "VL_INSTRUCTION",
+    "FamilySpec",
     "ModelFamily",
     "PromptPart",
     "RenderedPrompt",
@@ -78,23 +81,32 @@ NO_RESPONSE = "None"
 
 
 class ModelFamily(StrEnum):
-    """Which prompt, task set and parser expectations a checkpoint uses."""
+    """Which prompt, task set and parser expectations a checkpoint uses (the key of :data:`FAMILY_SPECS`).
+
+    Everything that differs between families lives in the family's :class:`FamilySpec`
+    (``ModelFamily.VL.spec``); callers ask the spec instead of branching on the family.
+    """
 
     VL = "vl"
     TEXT = "text"
 
     @property
+    def spec(self) -> FamilySpec:
+        """This family's :class:`FamilySpec`."""
+        return FAMILY_SPECS[self]
+
+    @property
     def default_max_new_tokens(self) -> int:
         """The reference decoding budget: 4096 new tokens for VL, 2048 for text."""
-        return 4096 if self is ModelFamily.VL else 2048
+        return self.spec.default_max_new_tokens
 
     @property
     def supports_images(self) -> bool:
-        return self is ModelFamily.VL
+        return self.spec.supports_images
 
     @property
     def has_refusal_task(self) -> bool:
-        return self is ModelFamily.TEXT
+        return self.spec.has_refusal_task
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +162,10 @@ class RenderedPrompt:
         Args:
             image_url: the image as an URL (usually a ``data:`` URL); required when the prompt has an image.
         """
-        if self.family is not ModelFamily.VL:
-            raise InvalidInputError("the text family is prompted with one raw string, not chat messages")
+        if not self.family.spec.chat:
+            raise InvalidInputError(
+                f"the {self.family.value} family is prompted with one raw string, not chat messages"
+            )
         if self.has_image and image_url is None:
             raise InvalidInputError("this prompt has an image: pass image_url")
         image_part = {"type": "image_url", "image_url": {"url": image_url}} if self.has_image else None
@@ -234,30 +248,146 @@ def render_prompt(
     family: ModelFamily, prompt: str | None, *, response: str | None = None, has_image: bool = False
 ) -> RenderedPrompt:
     """Render the prompt of ``family`` for a request, an optional image and an optional response."""
-    if family is ModelFamily.VL:
-        return render_vl_prompt(prompt, response=response, has_image=has_image)
-    if has_image:
+    spec = ModelFamily(family).spec
+    if has_image and not spec.supports_images:
         raise InvalidInputError(
-            "the text family (GuardReasoner 1B/3B/8B) cannot read images; use a GuardReasoner-VL model"
+            f"the {spec.family.value} family ({spec.title}) cannot read images; use a GuardReasoner-VL model"
         )
-    return render_text_prompt(prompt, response=response)
+    return spec.render(prompt, response, has_image)
 
 
-_VL_ID = re.compile(r"guardreasoner[-_]?vl", re.IGNORECASE)
-_TEXT_ID = re.compile(r"guardreasoner[-_]?(1b|3b|8b)\b", re.IGNORECASE)
-_VL_MODEL_TYPES = {"qwen2_5_vl", "qwen2_vl", "qwen3_vl"}
-_TEXT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2"}
+@dataclass(frozen=True, slots=True)
+class FamilySpec:
+    """Everything that differs between two model families, written once.
+
+    Attributes:
+        family: the key (:class:`ModelFamily`).
+        title: the checkpoints it covers, for messages.
+        supports_images: the prompt has an image slot.
+        has_refusal_task: the model also answers "refusal or compliance?".
+        chat: prompted as chat messages (system + user) rather than one raw string.
+        adds_bos: the tokenizer's prefix (BOS) goes before the prompt (a raw string gets it from the tokenizer;
+            a chat template writes its own first token).
+        model_class: the transformers auto class that loads the checkpoint.
+        patch_size, merge_size: the vision encoder's patch side and the merger's side (0 without images);
+            one image token covers ``image_factor x image_factor`` pixels.
+        default_max_new_tokens: the reference decoding budget.
+        model_types: ``config.json`` ``model_type`` values of this family.
+        architecture_suffixes: ``config.json`` ``architectures`` entries ending so belong to this family.
+        id_pattern: a model id (or a checkpoint's folder name) matching it names this family.
+        renderer: ``(text, response, has_image) -> RenderedPrompt``; use :meth:`render`.
+    """
+
+    family: ModelFamily
+    title: str
+    supports_images: bool
+    has_refusal_task: bool
+    chat: bool
+    adds_bos: bool
+    model_class: str
+    patch_size: int
+    merge_size: int
+    default_max_new_tokens: int
+    model_types: frozenset[str]
+    architecture_suffixes: tuple[str, ...]
+    id_pattern: re.Pattern[str]
+    renderer: Callable[[str | None, str | None, bool], RenderedPrompt]
+
+    @property
+    def image_factor(self) -> int:
+        """Pixels per side of one image token (Qwen2.5-VL: 14-pixel patches merged 2x2 = 28); 0 without images."""
+        return self.patch_size * self.merge_size
+
+    def render(self, text: str | None, response: str | None = None, has_image: bool = False) -> RenderedPrompt:
+        """This family's reference prompt (see :func:`render_prompt`)."""
+        return self.renderer(text, response, has_image)
+
+    def image_tokens(self, height: int, width: int) -> int:
+        """Image tokens of an image already smart-resized to ``height x width``."""
+        return (height // self.image_factor) * (width // self.image_factor) if self.image_factor else 0
+
+    def matches_config(self, config: Mapping[str, Any]) -> bool:
+        """Whether a checkpoint's ``config.json`` (as a dict) is of this family."""
+        if config.get("model_type") in self.model_types:
+            return True
+        architectures = config.get("architectures") or ()
+        return any(str(a).endswith(self.architecture_suffixes) for a in architectures)
+
+
+FAMILY_SPECS: dict[ModelFamily, FamilySpec] = {
+    ModelFamily.VL: FamilySpec(
+        family=ModelFamily.VL,
+        title="GuardReasoner-VL 3B/7B/Eco, Qwen2.5-VL",
+        supports_images=True,
+        has_refusal_task=False,
+        chat=True,
+        adds_bos=False,
+        model_class="AutoModelForImageTextToText",
+        patch_size=14,
+        merge_size=2,
+        default_max_new_tokens=4096,
+        model_types=frozenset({"qwen2_5_vl", "qwen2_vl", "qwen3_vl"}),
+        architecture_suffixes=("VLForConditionalGeneration", "ForImageTextToText"),
+        id_pattern=re.compile(r"guardreasoner[-_]?vl", re.IGNORECASE),
+        renderer=lambda text, response, has_image: render_vl_prompt(text, response=response, has_image=has_image),
+    ),
+    ModelFamily.TEXT: FamilySpec(
+        family=ModelFamily.TEXT,
+        title="GuardReasoner 1B/3B/8B, Llama 3",
+        supports_images=False,
+        has_refusal_task=True,
+        chat=False,
+        adds_bos=True,
+        model_class="AutoModelForCausalLM",
+        patch_size=0,
+        merge_size=0,
+        default_max_new_tokens=2048,
+        model_types=frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2"}),
+        architecture_suffixes=("ForCausalLM",),
+        id_pattern=re.compile(r"guardreasoner[-_]?(1b|3b|8b)\b", re.IGNORECASE),
+        renderer=lambda text, response, has_image: render_text_prompt(text, response=response),
+    ),
+}
+"""One :class:`FamilySpec` per :class:`ModelFamily`, in detection order (VL is tried first)."""
+
+
+def _model_name(model: str | Path) -> str:
+    """The part of a model reference that may name its family: a Hub id ``owner/name`` whole, a path's last folder."""
+    text = str(model)
+    path = Path(text).expanduser()
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith(("/", ".", "~")) and "\\" not in text
+    if looks_like_hub_id and not path.exists():
+        return text
+    return path.name or text
+
+
+def _read_config(model: str | Path) -> dict[str, Any] | None:
+    cfg = Path(str(model)).expanduser() / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read {cfg}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{cfg} does not hold a JSON object")
+    return data
 
 
 def detect_family(model: str | Path, *, model_type: str | None = None) -> ModelFamily:
-    """Pick the family from the model id, else from the checkpoint's ``config.json`` ``model_type``.
+    """The family of a model: from its config when there is one, else from its id.
+
+    Order: ``model_type`` when given, else a local checkpoint's ``config.json`` (``model_type``, then
+    ``architectures``); then the name: a Hub id ``owner/name`` as a whole, or for a local path only its
+    final folder name (a folder above the checkpoint, such as a cache called ``guardreasoner_vl``, never
+    decides).
 
     Args:
         model: a Hub id or a checkpoint directory.
         model_type: the config's ``model_type`` when already known (skips reading ``config.json``).
 
     Raises:
-        InvalidInputError: when neither the id nor the config tells; pass ``family=`` to force one.
+        InvalidInputError: when neither the config nor the name tells; pass ``family=`` to force one.
 
     Example:
         >>> detect_family("yueliu1999/GuardReasoner-VL-Eco-7B").value
@@ -265,24 +395,18 @@ def detect_family(model: str | Path, *, model_type: str | None = None) -> ModelF
         >>> detect_family("yueliu1999/GuardReasoner-8B").value
         'text'
     """
-    name = str(model)
-    if _VL_ID.search(name):
-        return ModelFamily.VL
-    if _TEXT_ID.search(name):
-        return ModelFamily.TEXT
-    if model_type is None:
-        cfg = Path(name) / "config.json"
-        if cfg.is_file():
-            try:
-                model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-            except (OSError, ValueError) as exc:
-                raise InvalidInputError(f"cannot read {cfg}: {exc}") from exc
-    if model_type in _VL_MODEL_TYPES:
-        return ModelFamily.VL
-    if model_type in _TEXT_MODEL_TYPES:
-        return ModelFamily.TEXT
+    config: Mapping[str, Any] | None = {"model_type": model_type} if model_type is not None else _read_config(model)
+    if config is not None:
+        for spec in FAMILY_SPECS.values():
+            if spec.matches_config(config):
+                return spec.family
+    name = _model_name(model)
+    for spec in FAMILY_SPECS.values():
+        if spec.id_pattern.search(name):
+            return spec.family
+    found = None if config is None else config.get("model_type")
     raise InvalidInputError(
-        f"cannot tell the model family of {name!r} (model_type={model_type!r}); pass family='vl' or family='text'"
+        f"cannot tell the model family of {str(model)!r} (model_type={found!r}); pass family='vl' or family='text'"
     )
 
 

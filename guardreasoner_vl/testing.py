@@ -432,7 +432,7 @@ def tiny_model_path(family: Literal["vl", "text"] = "vl", *, tokenizer: Tokenize
     final = _cache_dir() / f"tiny-{family}-{tokenizer}-{digest}"
     if (final / "model.safetensors").is_file():
         return final
-    builder = build_tiny_vl_model if family == "vl" else build_tiny_text_model
+    builder = {"vl": build_tiny_vl_model, "text": build_tiny_text_model}[family]
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
     builder(tmp, tokenizer=tokenizer)
     try:

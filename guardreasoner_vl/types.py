@@ -7,13 +7,16 @@ round-trips (``GuardResult.model_validate_json(r.model_dump_json()) == r``) and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 __all__ = [
     "GuardResult",
+    "ImageInput",
     "ModerationItem",
     "OnParseError",
     "RefusalVerdict",
@@ -21,6 +24,17 @@ __all__ = [
     "Usage",
     "Verdict",
 ]
+
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    ImageInput: TypeAlias = Union[str, Path, bytes, Image.Image, np.ndarray, Sequence["ImageInput"]]  # noqa: UP007
+else:  # at run time the alias is Any, so that numpy and PIL are not imported for it
+    ImageInput = Any
+"""An image the guard accepts: a path, bytes, a ``data:`` (or allowed ``http(s)``) URL, a PIL image, a numpy
+array, or a sequence of them (merged side by side). See :func:`guardreasoner_vl.inputs.load_image`."""
 
 
 class Verdict(StrEnum):
@@ -119,5 +133,5 @@ class ModerationItem(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, extra="forbid")
 
     text: str | None = None
-    image: Any = None
+    image: ImageInput | None = None
     response: str | None = None

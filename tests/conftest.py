@@ -31,8 +31,12 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep tiny-model and tokenizer caches of the test run out of ~/.cache."""
-    os.environ["GUARDREASONER_VL_CACHE"] = str(tmp_path_factory.mktemp("grvl-cache"))
+    """Keep tiny-model and tokenizer caches of the test run out of ~/.cache.
+
+    The folder is named like the real default (``~/.cache/guardreasoner_vl``), so a family detection that
+    read folder names above a checkpoint (which would make every text checkpoint in it "VL") fails here too.
+    """
+    os.environ["GUARDREASONER_VL_CACHE"] = str(tmp_path_factory.mktemp("cache") / "guardreasoner_vl")
 
 
 @pytest.fixture(scope="session")

@@ -1,21 +1,34 @@
-"""The one small protocol every engine implements.
+"""The one declared contract every engine implements: :class:`Backend`.
 
 Rendered prompts (+ images) in, generated text (+ token counts) out, batch first. Prompt building and
 parsing stay in the core: a backend never builds a prompt of its own and never parses verdicts.
+
+Every member an engine may have is declared on :class:`Backend` (in the way httpx's ``BaseTransport``
+declares a transport): :meth:`~Backend.generate` is the one method an engine must write; the others have
+defaults (async through a worker thread, no prompt check, nothing to close). :meth:`Backend.from_settings`
+builds an engine from the guard's :class:`EngineSettings`, so each engine decides which of them it takes
+and :class:`~guardreasoner_vl.Guard` never names an engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import abc
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from guardreasoner_vl.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from PIL import Image
 
-    from guardreasoner_vl.prompts import RenderedPrompt
+    from guardreasoner_vl.prompts import ModelFamily, RenderedPrompt
 
-__all__ = ["Backend", "Generation", "GenerationRequest", "SamplingParams"]
+__all__ = ["Backend", "EngineSettings", "Generation", "GenerationRequest", "SamplingParams", "as_backend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,25 +84,162 @@ class Generation:
     error: str | None = field(default=None)
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """A generation engine.
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """What a :class:`~guardreasoner_vl.Guard` asks of the engine it builds (see :meth:`Backend.from_settings`).
 
-    Implementations: :class:`~guardreasoner_vl.backends.fake.FakeBackend` and ``FunctionBackend`` (tests),
-    ``TransformersBackend``, ``VLLMBackend``, ``RemoteBackend``. An engine may add
-    ``async def agenerate(requests, params)``; :class:`~guardreasoner_vl.Guard` uses it when present and
-    otherwise runs :meth:`generate` in a worker thread. An engine may also add
-    ``check_prompt(prompt) -> None``, which :meth:`Guard.prepare <guardreasoner_vl.Guard.prepare>` calls
-    on every rendered prompt; raising :class:`~guardreasoner_vl.errors.InvalidInputError` there refuses
-    the input before it reaches the engine (the remote engine refuses special-token strings this way).
+    Each engine takes the settings that apply to it and says so in its ``from_settings``; options that it
+    does not take are an error of its constructor, never silently dropped.
+
+    Attributes:
+        family: the family the guard was told to use (``Guard(family=...)``), or None to detect it.
+        device: where a local engine runs (None: the engine's default).
+        dtype: the weights' dtype for a local engine (None: the engine's default).
+        min_pixels, max_pixels: the image bounds of the guard's input limits; an engine that resizes
+            images itself must use the same bounds, or it would resize the guard's images again.
+        batch_size: most prompts per engine call.
+        options: the engine's own constructor keywords (``Guard(backend_options=...)``); they win over
+            the fields above.
     """
 
-    name: str
+    family: ModelFamily | None = None
+    device: str | None = None
+    dtype: Any = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    batch_size: int = 8
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def refuse(self, *names: str, engine: str, reason: str) -> None:
+        """Raise :class:`InvalidInputError` when any of the settings ``names`` is set (and not in :attr:`options`).
+
+        For an engine that cannot use a setting: refusing it says so, where dropping it would not.
+        """
+        given = [n for n in names if getattr(self, n) is not None and n not in self.options]
+        if given:
+            raise InvalidInputError(f"the {engine} backend does not take {' or '.join(given)}: {reason}")
+
+    def merged(self, **taken: Any) -> dict[str, Any]:
+        """Constructor keywords: the settings an engine takes (``None`` values left out), then :attr:`options`."""
+        return {**{k: v for k, v in taken.items() if v is not None}, **dict(self.options)}
+
+
+class Backend(abc.ABC):
+    """A generation engine: the declared contract.
+
+    Implementations: :class:`~guardreasoner_vl.backends.fake.FakeBackend` and ``FunctionBackend`` (tests),
+    ``TransformersBackend``, ``VLLMBackend``, ``RemoteBackend``; third parties add theirs with
+    :func:`guardreasoner_vl.backends.register_backend` or the ``guardreasoner_vl.backends`` entry-point group.
+
+    Attributes:
+        name: the engine's name (shown in results' metadata, metrics and errors).
+        family: the model family the engine serves, or None when it serves any (test doubles). A guard
+            told another family refuses the engine.
+        model_id: the model the engine serves, or None when it has none of its own.
+    """
+
+    name: str = "engine"
+    family: ModelFamily | None = None
+    model_id: str | None = None
+
+    @classmethod
+    def from_settings(cls, model: str | Path, settings: EngineSettings) -> Self:
+        """Build the engine for ``model`` from a guard's settings.
+
+        The default passes the model, the family when one is forced, and the engine's own options:
+        ``cls(model, family=..., **settings.options)``. Engines that take a device, a dtype, image bounds
+        or a batch size override this and say so.
+        """
+        kwargs = settings.merged(family=settings.family)
+        return cls(model, **kwargs)  # type: ignore[call-arg]
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        """Complete every request; return one :class:`Generation` per request, in order.
+
+        A failure of one request is that request's :attr:`Generation.error`; an exception fails the batch
+        (the guard turns it into ``engine_error`` results).
+        """
+
+    async def agenerate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        """Async :meth:`generate`. Default: :meth:`generate` in a worker thread (the event loop never blocks)."""
+        return await asyncio.to_thread(self.generate, requests, params)
+
+    def check_prompt(self, prompt: RenderedPrompt) -> None:  # noqa: B027 - a no-op default on purpose
+        """Refuse a prompt this engine cannot send safely, by raising :class:`InvalidInputError`.
+
+        :meth:`Guard.prepare <guardreasoner_vl.Guard.prepare>` calls it on every rendered prompt, so a refused
+        input is an ``invalid_input`` result and never reaches the engine (the remote engine refuses
+        special-token strings this way). Default: accept everything.
+        """
+
+    def close(self) -> None:  # noqa: B027 - a no-op default on purpose
+        """Free the engine's resources (weights, connections). Idempotent. Default: nothing to free."""
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`. Default: :meth:`close` in a worker thread."""
+        await asyncio.to_thread(self.close)
+
+
+class _DuckBackend(Backend):
+    """Adapts an object that only has ``generate`` (and maybe ``name``, ``close``...) to :class:`Backend`.
+
+    Members the object has are called; the others get the :class:`Backend` defaults. Other attributes
+    (a test double's ``calls``) are read through.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.name = str(getattr(engine, "name", type(engine).__name__))
+        self.family = getattr(engine, "family", None)
+        self.model_id = getattr(engine, "model_id", None)
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
-        """Complete every request; return one :class:`Generation` per request, in order."""
-        ...
+        return list(self._engine.generate(requests, params))
+
+    async def agenerate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        native = getattr(self._engine, "agenerate", None)
+        if native is None:
+            return await super().agenerate(requests, params)
+        return list(await native(requests, params))
+
+    def check_prompt(self, prompt: RenderedPrompt) -> None:
+        check = getattr(self._engine, "check_prompt", None)
+        if check is not None:
+            check(prompt)
 
     def close(self) -> None:
-        """Free the engine's resources (weights, connections). Idempotent."""
-        ...
+        close = getattr(self._engine, "close", None)
+        if close is not None:
+            close()
+
+    async def aclose(self) -> None:
+        native = getattr(self._engine, "aclose", None)
+        if native is None:
+            await super().aclose()
+        else:
+            await native()
+
+    def __getattr__(self, item: str) -> Any:
+        if item == "_engine":  # not set yet (during unpickling): no recursion
+            raise AttributeError(item)
+        return getattr(self._engine, item)
+
+    def __repr__(self) -> str:
+        return f"_DuckBackend({self._engine!r})"
+
+
+def as_backend(engine: Any) -> Backend:
+    """``engine`` as a :class:`Backend`: itself when it is one, else an adapter around its ``generate``.
+
+    Raises:
+        InvalidInputError: ``engine`` has no callable ``generate``.
+    """
+    if isinstance(engine, Backend):
+        return engine
+    if not callable(getattr(engine, "generate", None)):
+        raise InvalidInputError(
+            f"backend must be a name or a Backend (an object with generate(requests, params)), "
+            f"got {type(engine).__name__}"
+        )
+    return _DuckBackend(engine)

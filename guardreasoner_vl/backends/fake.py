@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from guardreasoner_vl.backends.base import Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
 from guardreasoner_vl.prompts import ModelFamily, parse_user_text
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = ["FakeBackend", "FunctionBackend", "verdict_output"]
 
@@ -47,7 +52,7 @@ def verdict_output(
     def label(harmful: bool | None) -> str:
         return "None" if harmful is None else ("harmful" if harmful else "unharmful")
 
-    if family is ModelFamily.VL:
+    if not ModelFamily(family).spec.has_refusal_task:
         return (
             f"<think>{reasoning}</think>\n<result>\nRequest: {label(request_harmful)}\n"
             f"Response: {label(response_harmful)}\n</result>"
@@ -59,7 +64,7 @@ def verdict_output(
     )
 
 
-class FunctionBackend:
+class FunctionBackend(Backend):
     """A backend that answers each request with ``fn(request) -> str`` (or a :class:`Generation`).
 
     Attributes:
@@ -108,6 +113,13 @@ class FakeBackend(FunctionBackend):
     """
 
     name = "fake"
+
+    @classmethod
+    def from_settings(cls, model: str | Path, settings: EngineSettings) -> Self:
+        """``FakeBackend(family=..., **options)``: there is no model to load, so a device or dtype is refused
+        (image bounds and batch size are the guard's own and do not matter here)."""
+        settings.refuse("device", "dtype", engine="fake", reason="it loads no model")
+        return cls(**settings.merged(family=settings.family))
 
     def __init__(
         self,

@@ -80,12 +80,15 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from guardreasoner_vl.backends.base import Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
 from guardreasoner_vl.errors import InvalidInputError, require
 from guardreasoner_vl.inputs import encode_image_data_url
 from guardreasoner_vl.prompts import ModelFamily, RenderedPrompt, detect_family
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = [
     "API_KEY_ENV",
@@ -195,7 +198,7 @@ class _Call:
     error: str | None = None
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
     """Talks to an OpenAI-compatible server (``vllm serve``) over HTTP with httpx.
 
     Args:
@@ -229,6 +232,13 @@ class RemoteBackend:
     """
 
     name = "remote"
+
+    @classmethod
+    def from_settings(cls, model: str | Path, settings: EngineSettings) -> Self:
+        """Takes the family and batch size, then the engine options. The server runs the model and resizes
+        images itself, so a device or dtype is refused rather than dropped."""
+        settings.refuse("device", "dtype", engine="remote", reason="the server it calls decides them")
+        return cls(model, **settings.merged(family=settings.family, batch_size=settings.batch_size))
 
     def __init__(
         self,
@@ -264,8 +274,8 @@ class RemoteBackend:
             raise InvalidInputError(f"special_tokens must be 'reject', 'escape' or 'allow', got {special_tokens!r}")
         if not str(base_url).startswith(("http://", "https://")):
             raise InvalidInputError(f"base_url must start with http:// or https://, got {base_url!r}")
-        self.model_id = str(model)
-        self.family = ModelFamily(family) if family is not None else detect_family(self.model_id)
+        self.model_id: str = str(model)
+        self.family: ModelFamily = ModelFamily(family) if family is not None else detect_family(self.model_id)
         self.base_url = str(base_url).rstrip("/")
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
@@ -288,7 +298,7 @@ class RemoteBackend:
         self._encoder: Any = None
         self._prefix_ids: list[int] = []
         if tokenizer is not None:
-            if self.family is not ModelFamily.TEXT:
+            if self.family.spec.chat:
                 raise InvalidInputError(
                     "tokenizer= is for the text family (/v1/completions takes token ids); "
                     "chat completions for the VL family take text"
@@ -355,7 +365,7 @@ class RemoteBackend:
         Raises:
             InvalidInputError: the text contains a string such as ``<|im_end|>``.
         """
-        if self.special_tokens != "reject" or (self._encoder is not None and prompt.family is ModelFamily.TEXT):
+        if self.special_tokens != "reject" or (self._encoder is not None and not prompt.family.spec.chat):
             return
         found = find_special_tokens(prompt, self.special_token_pattern())
         if found:
@@ -376,7 +386,7 @@ class RemoteBackend:
         self.check_prompt(prompt)
         if prompt.family is not self.family:
             raise InvalidInputError(f"a {prompt.family.value} prompt was sent to a {self.family.value} model")
-        local_ids = self._encoder is not None and prompt.family is ModelFamily.TEXT
+        local_ids = self._encoder is not None and not prompt.family.spec.chat
         pattern = self.special_token_pattern() if self.special_tokens == "escape" and not local_ids else None
         escape = pattern is not None and bool(find_special_tokens(prompt, pattern))
         if escape:
@@ -389,7 +399,7 @@ class RemoteBackend:
         if params.seed is not None:
             body["seed"] = params.seed
         body["repetition_penalty"] = 1.0
-        if prompt.family is ModelFamily.VL:
+        if prompt.family.spec.chat:
             image_url = None
             if prompt.has_image:
                 if request.image is None:

@@ -1,7 +1,8 @@
 """Hugging Face transformers engine: CPU or CUDA, true batched generation, images per sample.
 
-Loads once in the constructor: the model (``AutoModelForImageTextToText`` for the VL family,
-``AutoModelForCausalLM`` for the text family), the fast tokenizer, and for VL the *PIL* image processor
+Loads once in the constructor: the model (with the family spec's auto class:
+``AutoModelForImageTextToText`` for the VL family, ``AutoModelForCausalLM`` for the text family),
+the fast tokenizer, and for VL the *PIL* image processor
 alone. The full ``AutoProcessor`` is not used: Qwen2.5-VL's processor also builds a video processor that
 needs torchvision, and the prompt is tokenized here part by part anyway (see
 :mod:`guardreasoner_vl.backends.tokenization`), so the image processor and tokenizer are all we need.
@@ -17,13 +18,16 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from guardreasoner_vl.backends.base import Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
 from guardreasoner_vl.backends.tokenization import EncodedPrompt, PlainEncoder, encode_prompt
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
 from guardreasoner_vl.inputs import MAX_PIXELS, MIN_PIXELS
 from guardreasoner_vl.prompts import ModelFamily, detect_family
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = ["TransformersBackend", "resolve_device", "resolve_dtype"]
 
@@ -53,7 +57,7 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
     return dtype
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     """Runs a GuardReasoner(-VL) checkpoint with transformers.
 
     Args:
@@ -69,11 +73,26 @@ class TransformersBackend:
 
     name = "transformers"
 
+    @classmethod
+    def from_settings(cls, model: str | Path, settings: EngineSettings) -> Self:
+        """Takes the family, device, dtype, image bounds and batch size, then the engine options."""
+        return cls(
+            model,
+            **settings.merged(
+                family=settings.family,
+                device=settings.device,
+                dtype=settings.dtype,
+                min_pixels=settings.min_pixels,
+                max_pixels=settings.max_pixels,
+                batch_size=settings.batch_size,
+            ),
+        )
+
     def __init__(
         self,
         model: str | Path,
         *,
-        family: ModelFamily | None = None,
+        family: ModelFamily | str | None = None,
         device: str | None = None,
         dtype: Any = None,
         batch_size: int = 8,
@@ -86,7 +105,7 @@ class TransformersBackend:
         transformers = require("transformers", "transformers", feature="the transformers backend")
         if batch_size < 1:
             raise InvalidInputError("batch_size must be at least 1")
-        self.model_id = str(model)
+        self.model_id: str = str(model)
         self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -95,24 +114,23 @@ class TransformersBackend:
             config = transformers.AutoConfig.from_pretrained(self.model_id, **_hub_kwargs(kwargs))
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load the config of {self.model_id!r}: {exc}") from exc
-        self.family = (
+        self.family: ModelFamily = (
             ModelFamily(family)
             if family
             else detect_family(self.model_id, model_type=getattr(config, "model_type", None))
         )
+        spec = self.family.spec
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id, **_hub_kwargs(kwargs))
             self.image_processor = None
-            if self.family is ModelFamily.VL:
+            if spec.supports_images:
                 self.image_processor = transformers.AutoImageProcessor.from_pretrained(
                     self.model_id,
                     backend="pil",
                     size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
                     **_hub_kwargs(kwargs),
                 )
-                model_cls = transformers.AutoModelForImageTextToText
-            else:
-                model_cls = transformers.AutoModelForCausalLM
+            model_cls = getattr(transformers, spec.model_class)
             kwargs.setdefault("attn_implementation", attn_implementation)
             self.model = model_cls.from_pretrained(self.model_id, dtype=self.dtype, **kwargs)
         except (OSError, ValueError, KeyError) as exc:
@@ -145,13 +163,13 @@ class TransformersBackend:
             if request.image is None or self.image_processor is None:
                 raise InvalidInputError("this prompt has an image slot but no image was given")
             vision = self.image_processor(images=[request.image], return_tensors="pt")
-            merge = int(getattr(self.image_processor, "merge_size", 2))
+            merge = int(getattr(self.image_processor, "merge_size", self.family.spec.merge_size))
             n_image_tokens = int(vision["image_grid_thw"][0].prod().item()) // (merge * merge)
         encoded = encode_prompt(
             self.encoder,
             request.prompt,
             num_image_tokens=n_image_tokens,
-            add_prefix=self.family is ModelFamily.TEXT,
+            add_prefix=self.family.spec.adds_bos,
         )
         return encoded, vision
 

@@ -41,13 +41,16 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from guardreasoner_vl.backends.base import Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
 from guardreasoner_vl.backends.tokenization import PlainEncoder, encode_prompt
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
 from guardreasoner_vl.inputs import IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS, smart_resize
 from guardreasoner_vl.prompts import ModelFamily, detect_family
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = ["VLLMBackend"]
 
@@ -56,7 +59,7 @@ logger = logging.getLogger(__name__)
 _FEATURE = "the vLLM backend"
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
     """Runs a GuardReasoner(-VL) checkpoint with vLLM's offline engine (``vllm.LLM``).
 
     The engine loads once, in the constructor. :meth:`generate` hands the whole request list to one
@@ -97,6 +100,22 @@ class VLLMBackend:
 
     name = "vllm"
 
+    @classmethod
+    def from_settings(cls, model: str | Path, settings: EngineSettings) -> Self:
+        """Takes the family, dtype, image bounds and batch size, then the engine options. vLLM picks its own
+        device (a ``device`` setting is refused rather than dropped: place the engine with ``CUDA_VISIBLE_DEVICES``)."""
+        settings.refuse("device", engine="vLLM", reason="choose its GPUs with CUDA_VISIBLE_DEVICES")
+        return cls(
+            model,
+            **settings.merged(
+                family=settings.family,
+                dtype=settings.dtype,
+                min_pixels=settings.min_pixels,
+                max_pixels=settings.max_pixels,
+                batch_size=settings.batch_size,
+            ),
+        )
+
     def __init__(
         self,
         model: str | Path,
@@ -132,9 +151,9 @@ class VLLMBackend:
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError("batch_size must be at least 1")
         self._vllm = vllm
-        self.model_id = str(model)
+        self.model_id: str = str(model)
         extra = dict(engine_kwargs or {})
-        self.family = ModelFamily(family) if family is not None else self._detect_family(extra)
+        self.family: ModelFamily = ModelFamily(family) if family is not None else self._detect_family(extra)
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
         self.use_tqdm = use_tqdm
@@ -151,7 +170,7 @@ class VLLMBackend:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
-        if self.family is ModelFamily.VL:
+        if self.family.spec.supports_images:
             kwargs["limit_mm_per_prompt"] = dict(limit_mm_per_prompt or {"image": 1, "video": 0})
             processor = {"min_pixels": min_pixels, "max_pixels": max_pixels, **dict(mm_processor_kwargs or {})}
             kwargs["mm_processor_kwargs"] = processor
@@ -202,27 +221,28 @@ class VLLMBackend:
         image's token count itself (see the module docs). For the text family the tokenizer's prefix
         (BOS) comes first, as the reference's raw-string prompt gets it from the tokenizer.
         """
-        if request.prompt.has_image and self.family is not ModelFamily.VL:
-            raise InvalidInputError("the text family cannot read images; use a GuardReasoner-VL model")
+        if request.prompt.has_image and not self.family.spec.supports_images:
+            raise InvalidInputError(f"the {self.family.value} family cannot read images; use a GuardReasoner-VL model")
         encoded = encode_prompt(
             self.encoder,
             request.prompt,
             num_image_tokens=1 if request.prompt.has_image else 0,
-            add_prefix=self.family is ModelFamily.TEXT,
+            add_prefix=self.family.spec.adds_bos,
         )
         return encoded.input_ids
 
     def image_token_count(self, request: GenerationRequest) -> int:
         """Image tokens vLLM will expand the slot to (0 without an image).
 
-        Qwen2.5-VL: one token per 28x28 block of the smart-resized image (14-pixel patches, 2x2 merge).
+        One token per ``image_factor x image_factor`` block of the smart-resized image (the family spec's
+        patch and merge sizes; Qwen2.5-VL: 14-pixel patches, 2x2 merge, so 28x28).
         """
         if not request.prompt.has_image or request.image is None:
             return 0
         height, width = smart_resize(
             request.image.height, request.image.width, min_pixels=self.min_pixels, max_pixels=self.max_pixels
         )
-        return (height // IMAGE_FACTOR) * (width // IMAGE_FACTOR)
+        return self.family.spec.image_tokens(height, width)
 
     def build_input(self, request: GenerationRequest) -> dict[str, Any]:
         """The ``TokensPrompt`` dict sent to ``LLM.generate`` for ``request``."""

@@ -214,7 +214,7 @@ def parse_user_turn(user: str, *, layout: Literal["text", "vl"] = "text") -> tup
         >>> parse_user_turn("Human user:\\n<image>\\n\\nAI assistant:\\nOk.\\n", layout="vl")
         (None, 'Ok.', 1)
     """
-    turn = parse_user_text(user, ModelFamily.VL if layout == "vl" else ModelFamily.TEXT, multi_image=True)
+    turn = parse_user_text(user, ModelFamily(layout), multi_image=True)
     images = turn.image_slots
     rest = turn.text or ""
     while layout == "text" and rest.startswith(IMAGE_MARKER):

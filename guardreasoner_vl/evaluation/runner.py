@@ -43,8 +43,8 @@ from guardreasoner_vl.evaluation.probabilities import ScoreMetrics, ScoreOptions
 from guardreasoner_vl.evaluation.reference import ReferenceScorer, score_reference
 from guardreasoner_vl.evaluation.registry import BENCHMARKS, BenchmarkSpec, find_benchmarks
 from guardreasoner_vl.evaluation.report import EvalReport
+from guardreasoner_vl.guard import PreparedItem
 from guardreasoner_vl.jsonl_store import JsonlStore
-from guardreasoner_vl.prompts import render_prompt
 
 if TYPE_CHECKING:
     from guardreasoner_vl.guard import Guard
@@ -70,16 +70,9 @@ def predictions_path(output_dir: str | Path, data: BenchmarkData) -> Path:
     return Path(output_dir) / "predictions" / data.folder / PREDICTIONS_FILE
 
 
-def _prompt_text(guard: Guard, sample: EvalSample) -> str:
-    try:
-        return render_prompt(guard.family, sample.text, response=sample.response, has_image=bool(sample.images)).text
-    except InvalidInputError:
-        return ""
-
-
-def _row(guard: Guard, data: BenchmarkData, sample: EvalSample, result: GuardResult) -> dict[str, Any]:
+def _row(guard: Guard, data: BenchmarkData, sample: EvalSample, result: GuardResult, prompt: str) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "prompt": _prompt_text(guard, sample),
+        "prompt": prompt,
         "label": sample.label,
         "predict": result.raw_output,
         "id": sample.id,
@@ -173,8 +166,10 @@ def run_benchmark(
         if progress is not None and len(pending) < len(samples):
             progress(data.name, len(samples) - len(pending))
         for chunk in _chunks(pending, batch_size):
-            results = guard.moderate_batch([s.item() for s in chunk])
-            store.append([_row(guard, data, s, r) for s, r in zip(chunk, results, strict=True)])
+            prepared = guard.prepare_batch([s.item() for s in chunk])  # the logged prompt is the one judged
+            results = guard.run_prepared(prepared)
+            prompts = [p.prompt.text if isinstance(p, PreparedItem) else "" for p in prepared]
+            store.append([_row(guard, data, s, r, t) for s, r, t in zip(chunk, results, prompts, strict=True)])
             if progress is not None:
                 progress(data.name, len(chunk))
     by_id = {r.id: r for r in load_predictions(path)}

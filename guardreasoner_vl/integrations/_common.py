@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from guardreasoner_vl.conversation import Message, render_tool_calls
-from guardreasoner_vl.errors import BackendError, GuardError, InvalidInputError, ParseError
+from guardreasoner_vl.errors import BackendError, GuardClosedError, GuardError, InvalidInputError, ParseError
 from guardreasoner_vl.types import GuardResult, ModerationItem, Verdict
 
 if TYPE_CHECKING:
@@ -387,6 +387,8 @@ def _merge(
 
 def _recover(guard: Guard, exc: GuardError, n_items: int, policy: GuardErrorPolicy) -> list[GuardResult]:
     """Results to use when the guard call failed, or re-raise (shared by the sync and async paths)."""
+    if isinstance(exc, GuardClosedError):  # a closed guard is the caller's bug, not content to block
+        raise exc
     if isinstance(exc, ParseError):
         if policy == "raise" or exc.results is None:
             raise exc

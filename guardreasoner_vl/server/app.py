@@ -41,7 +41,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from guardreasoner_vl.errors import InvalidInputError, ParseError, require
-from guardreasoner_vl.guard import Guard
+from guardreasoner_vl.guard import Guard, PreparedItem
 from guardreasoner_vl.moderation import to_openai_moderation
 from guardreasoner_vl.server.batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from guardreasoner_vl.server.metrics import ServerMetrics
@@ -180,7 +180,7 @@ class _State:
         self.metrics = ServerMetrics(
             model=self.model_name, backend=guard.backend.name, max_queue=settings.max_queue, version=__version__
         )
-        self.batcher: MicroBatcher[ModerationItem, GuardResult] = MicroBatcher(
+        self.batcher: MicroBatcher[PreparedItem, GuardResult] = MicroBatcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
@@ -189,9 +189,9 @@ class _State:
             metrics=self.metrics,
         )
 
-    async def _run_batch(self, items: list[ModerationItem]) -> list[GuardResult]:
-        try:
-            results = await self.guard.amoderate_batch(items)
+    async def _run_batch(self, items: list[PreparedItem]) -> list[GuardResult]:
+        try:  # prepared once, in prepare(): the image is not decoded nor the prompt rendered again
+            results = await self.guard.arun_prepared(items)
         except ParseError as exc:  # on_parse_error="raise": every result is still there
             if exc.results is None:
                 raise
@@ -276,22 +276,19 @@ class _State:
                 param=param,
             ) from None
 
-    async def prepare(self, items: list[dict[str, Any]], *, param: str | None) -> list[ModerationItem]:
-        """Validate and load every item now (a bad one fails the request with 400), off the event loop."""
+    async def prepare(self, items: list[ModerationItem], *, param: str | None) -> list[PreparedItem]:
+        """Validate, load and render every item now, once (a bad one fails the request with 400), off the event loop."""
         if not self.batcher.has_room(len(items)):
             raise self.queue_full()
 
-        def work() -> list[ModerationItem]:
+        def work() -> list[PreparedItem]:
             out = []
             for index, item in enumerate(items):
                 try:
-                    prepared = self.guard.prepare(item.get("text"), item.get("image"), response=item.get("response"))
+                    out.append(self.guard.prepare_item(item))
                 except InvalidInputError as exc:
                     where = f"{param}[{index}]" if param and len(items) > 1 else param
                     raise APIError(400, f"{where}: {exc}" if where else str(exc), param=where) from None
-                out.append(
-                    ModerationItem(text=item.get("text"), image=prepared.request.image, response=item.get("response"))
-                )
             return out
 
         return await asyncio.to_thread(work)
@@ -306,7 +303,7 @@ class _State:
             headers={"Retry-After": str(self.settings.retry_after_s)},
         )
 
-    async def judge(self, items: list[ModerationItem]) -> list[GuardResult]:
+    async def judge(self, items: list[PreparedItem]) -> list[GuardResult]:
         try:
             results = await self.batcher.submit(items)
         except QueueFullError:
@@ -427,9 +424,9 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
         if data.get("model") is not None and not isinstance(data["model"], str):
             raise APIError(400, "'model' must be a string", param="model")
         value = data["input"]
-        raw: list[dict[str, Any]]
+        raw: list[ModerationItem]
         if isinstance(value, str):
-            raw = [{"text": value}]
+            raw = [ModerationItem(text=value)]
         elif not isinstance(value, list):
             raise APIError(
                 400,
@@ -443,7 +440,7 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
                 raise APIError(
                     400, f"{len(value)} inputs given, at most {settings.max_inputs} per request", param="input"
                 )
-            raw = [{"text": v} for v in value]
+            raw = [ModerationItem(text=v) for v in value]
         elif any(isinstance(v, str) for v in value):
             raise APIError(400, "'input' mixes strings and parts: give a list of strings or a list of parts")
         else:
@@ -456,7 +453,7 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
                 else:
                     images.append(state.image_source(content, param=f"input[{index}].image_url.url"))
             image: Any = None if not images else (images[0] if len(images) == 1 else images)
-            raw = [{"text": "\n".join(texts) if texts else None, "image": image}]
+            raw = [ModerationItem(text="\n".join(texts) if texts else None, image=image)]
         items = await state.prepare(raw, param="input")
         results = await state.judge(items)
         response = to_openai_moderation(results, model=state.model_name)
@@ -475,7 +472,9 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
             image = [state.image_source(v, param=f"image[{i}]") for i, v in enumerate(parsed.image)] or None
         elif parsed.image is not None:
             image = state.image_source(parsed.image, param="image")
-        items = await state.prepare([{"text": parsed.text, "image": image, "response": parsed.response}], param=None)
+        items = await state.prepare(
+            [ModerationItem(text=parsed.text, image=image, response=parsed.response)], param=None
+        )
         (result,) = await state.judge(items)
         return JSONResponse(result.model_dump(mode="json"))
 

@@ -640,7 +640,7 @@ def to_sft_record(
     if sample.target is None:
         raise InvalidInputError(f"sample {sample.id!r} has no target (reasoning + result): SFT needs one")
     family = ModelFamily(family)
-    if family is ModelFamily.TEXT:
+    if not family.spec.chat:
         if sample.image is not None:
             raise InvalidInputError(f"sample {sample.id!r} has an image; the text family cannot read images")
         return {"prompt": render_text_prompt(sample.text, response=sample.response).text, "completion": sample.target}

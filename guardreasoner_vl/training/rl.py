@@ -43,7 +43,6 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.errors import InvalidInputError, MissingDependencyError, require
-from guardreasoner_vl.prompts import ModelFamily
 from guardreasoner_vl.training.config import RLConfig
 from guardreasoner_vl.training.sft import (
     ResumeWeightsMixin,
@@ -319,7 +318,7 @@ def run_rl(config: RLConfig, *, callbacks: Sequence[Any] = (), final_dtype: str 
         raise MissingDependencyError("vllm", "vllm", feature="RL rollouts with vLLM (use_vllm: true)")
     torch, _, trl = _train_deps(lora=config.finetuning == "lora")
     family = model_family(config.model)
-    if family is not ModelFamily.VL:
+    if not family.spec.supports_images:
         raise InvalidInputError(
             f"{config.model} is not a GuardReasoner-VL (Qwen2.5-VL) model; the RL stage trains the VL family"
         )

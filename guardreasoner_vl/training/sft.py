@@ -207,7 +207,7 @@ def count_image_tokens(path: str, *, min_pixels: int, max_pixels: int) -> int:
     except OSError as exc:
         raise InvalidInputError(f"cannot read image {path}: {exc}") from exc
     h, w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
-    return (h // 28) * (w // 28)
+    return ModelFamily.VL.spec.image_tokens(h, w)
 
 
 def freeze_vision(model: Any, *, tower: bool, projector: bool) -> dict[str, int]:
@@ -243,7 +243,7 @@ def load_model(config: _TrainerFields, family: ModelFamily) -> Any:
     """Load the model to train, with weights in ``config.model_dtype``."""
     torch, transformers, _ = _train_deps()
     dtype = getattr(torch, config.model_dtype)
-    cls = transformers.AutoModelForImageTextToText if family is ModelFamily.VL else transformers.AutoModelForCausalLM
+    cls = getattr(transformers, family.spec.model_class)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
@@ -371,9 +371,7 @@ def save_for_guard(
     if trainer.is_world_process_zero():
         dtype = getattr(torch, final_dtype) if final_dtype else None
         family = model_family(base_model)
-        cls = (
-            transformers.AutoModelForImageTextToText if family is ModelFamily.VL else transformers.AutoModelForCausalLM
-        )
+        cls = getattr(transformers, family.spec.model_class)
         if is_peft:
             peft = require("peft", "train", feature="LoRA training")
             base = cls.from_pretrained(base_model, dtype=torch.float32)
@@ -546,7 +544,7 @@ class GuardSFTCollator:
         self.max_length = max_length
         self.limits = InputLimits(min_pixels=min_pixels, max_pixels=max_pixels)
         self.encoder = PlainEncoder(tokenizer)
-        if self.family is ModelFamily.VL:
+        if self.family.spec.chat:
             self.end_ids = [self.encoder.token_id(IM_END)]
         else:
             eos = tokenizer.eos_token_id
@@ -586,9 +584,7 @@ class GuardSFTCollator:
             vision = self.image_processor(images=[prepared], return_tensors="pt")
             merge = int(getattr(self.image_processor, "merge_size", 2))
             n_image = int(vision["image_grid_thw"][0].prod().item()) // (merge * merge)
-        encoded = encode_prompt(
-            self.encoder, prompt, num_image_tokens=n_image, add_prefix=self.family is ModelFamily.TEXT
-        )
+        encoded = encode_prompt(self.encoder, prompt, num_image_tokens=n_image, add_prefix=self.family.spec.adds_bos)
         target_ids = self.encoder.encode(target) + self.end_ids
         prompt_ids = encoded.input_ids
         if self.max_length is not None:
@@ -612,7 +608,7 @@ class GuardSFTCollator:
             self.family, row.get("text"), response=row.get("response"), has_image=bool(row.get("image"))
         )
         encoded = encode_prompt(
-            self.encoder, prompt, num_image_tokens=image_tokens, add_prefix=self.family is ModelFamily.TEXT
+            self.encoder, prompt, num_image_tokens=image_tokens, add_prefix=self.family.spec.adds_bos
         )
         return len(encoded.input_ids)
 
@@ -705,12 +701,12 @@ def run_sft(
         raise InvalidInputError(
             f"{len(missing)} rows have no target (reasoning + result), e.g. {missing[:3]}; R-SFT needs one per row"
         )
-    if family is ModelFamily.TEXT and any(s.image for s in samples):
+    if not family.spec.supports_images and any(s.image for s in samples):
         raise InvalidInputError(f"{config.model} is a text-only model; the data has image rows")
 
     from guardreasoner_vl.training.processing import load_processor
 
-    if family is ModelFamily.VL:
+    if family.spec.supports_images:
         processor = load_processor(config.model, min_pixels=config.image_min_pixels, max_pixels=config.image_max_pixels)
         tokenizer, image_processor = processor.tokenizer, processor.image_processor
     else:

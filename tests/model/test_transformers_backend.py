@@ -145,3 +145,36 @@ def test_close_releases_the_model(tiny_vl_path):
     g = Guard(tiny_vl_path, backend="transformers", max_new_tokens=2)
     g.close()
     assert g.backend.model is None
+
+
+def test_text_checkpoint_under_a_vl_named_folder_loads_as_text(tiny_text_path, tmp_path: Path):
+    import shutil
+
+    moved = tmp_path / "GuardReasoner-VL-stuff" / "checkpoint"
+    shutil.copytree(tiny_text_path, moved)
+    with Guard(moved, backend="transformers", max_new_tokens=4) as g:
+        assert g.family is ModelFamily.TEXT
+        assert type(g.backend.model).__name__ == "LlamaForCausalLM"
+        assert g.moderate("hi").model == str(moved)
+
+
+def test_family_conflict_with_the_engine_is_an_error(tiny_text_path):
+    from guardreasoner_vl import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=r"family='vl'.*'text' family"):
+        Guard(tiny_text_path, backend="remote", family="vl", backend_options={"family": "text"})
+    with Guard(tiny_text_path, backend="transformers", family="text", max_new_tokens=2) as g:
+        assert g.family is ModelFamily.TEXT
+
+
+def test_demo_text_family_runs_from_the_default_cache(capsys):
+    """``demo --family text`` builds its checkpoint under a folder called ``guardreasoner_vl`` (the cache)."""
+    import json
+
+    from guardreasoner_vl.cli import main
+    from guardreasoner_vl.testing import tiny_model_path
+
+    assert "guardreasoner_vl" in tiny_model_path("text").parts  # the cache folder name that once meant "VL"
+    assert main(["demo", "--family", "text", "--max-new-tokens", "4", "--json", "hello"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] in ("ok", "parse_error")

@@ -266,3 +266,37 @@ def test_categories_are_all_present_and_false() -> None:
     assert not any(result["categories"].values())
     assert all(v is None for v in result["category_scores"].values())
     assert all(v == [] for v in result["category_applied_input_types"].values())
+
+
+# -- one preparation per request -----------------------------------------------------------------------
+
+
+def test_each_request_is_prepared_and_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server prepares a request once and the batch judges that prepared item (no second decode/render)."""
+    import PIL.Image
+
+    import guardreasoner_vl.guard as guard_module
+
+    counts = {"render": 0, "prepare_image": 0, "decode": 0}
+
+    def counting(name: str, fn: object) -> object:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            counts[name] += 1
+            return fn(*args, **kwargs)  # type: ignore[operator]
+
+        return wrapper
+
+    monkeypatch.setattr(guard_module, "render_prompt", counting("render", guard_module.render_prompt))
+    monkeypatch.setattr(guard_module, "prepare_image", counting("prepare_image", guard_module.prepare_image))
+    monkeypatch.setattr(PIL.Image, "open", counting("decode", PIL.Image.open))
+    with running() as (url, backend, _):
+        image_url = data_url("red", (300, 130))
+        out = httpx.post(url + "/v1/guard", json={"text": "what is this?", "image": image_url}, timeout=30)
+        assert out.status_code == 200 and out.json()["flagged"] is True  # the image reached the model
+        assert counts == {"render": 1, "prepare_image": 1, "decode": 1}
+        assert backend.calls[-1][0].image is not None
+        moderated = client(url).moderations.create(
+            input=[{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": image_url}}]
+        )
+        assert moderated.results[0].flagged is True
+        assert counts == {"render": 2, "prepare_image": 2, "decode": 2}

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from guardreasoner_vl import (
     BackendError,
     Guard,
+    GuardClosedError,
     GuardResult,
     InvalidInputError,
     ModelFamily,
@@ -220,8 +221,9 @@ def test_close_and_context_manager():
     with Guard(backend=backend) as guard:
         guard.moderate("x")
     assert backend.closed
-    with pytest.raises(InvalidInputError, match="closed"):
+    with pytest.raises(GuardClosedError, match="closed") as caught:
         guard.moderate("x")
+    assert not isinstance(caught.value, InvalidInputError)  # integrations must not read it as "bad input"
     guard.close()  # idempotent
 
 
@@ -262,3 +264,156 @@ def test_with_options_cannot_widen_pixel_bounds():
     assert guard.with_options(limits=InputLimits(max_pixels=128 * 28 * 28)).limits.max_pixels == 128 * 28 * 28
     with pytest.raises(InvalidInputError, match="narrow"):
         guard.with_options(limits=InputLimits())
+
+
+# -- prepared items ------------------------------------------------------------------------------------
+
+
+def test_prepare_then_run_prepared_equals_moderate_batch():
+    from guardreasoner_vl import PreparedItem
+
+    guard = Guard(backend=FakeBackend())
+    items = guard.prepare_batch(["a bomb", {"text": ""}, ModerationItem(text="tea", response="a bomb")])
+    assert isinstance(items[0], PreparedItem) and isinstance(items[1], GuardResult)
+    assert items[0].prompt.user_text == "Human user:\na bomb\n\nAI assistant:\nNone\n" and items[0].image is None
+    ran = guard.run_prepared(items)
+    again = guard.moderate_batch(["a bomb", {"text": ""}, ModerationItem(text="tea", response="a bomb")])
+    assert [(r.status, r.flagged, r.request, r.response) for r in ran] == [
+        (r.status, r.flagged, r.request, r.response) for r in again
+    ]
+    assert [r.status for r in asyncio.run(guard.arun_prepared(items))] == ["ok", "invalid_input", "ok"]
+    with_image = guard.prepare("what is this?", Image.new("RGB", (60, 60)))
+    assert with_image.image is not None and with_image.image.size == (56, 56) and with_image.prompt.has_image
+    text_guard = Guard("yueliu1999/GuardReasoner-1B", backend=FakeBackend())
+    with pytest.raises(InvalidInputError, match="prepared for the vl family"):
+        text_guard.run_prepared([items[0]])
+    with pytest.raises(InvalidInputError, match="PreparedItem"):
+        guard.run_prepared(["not prepared"])  # type: ignore[list-item]
+
+
+# -- any failure while preparing is that item's invalid_input ----------------------------------------------
+
+
+class Exploding:
+    """An image-like object whose loading raises a non-library exception."""
+
+
+def test_any_preparation_failure_is_that_items_invalid_input(monkeypatch):
+    import guardreasoner_vl.guard as guard_module
+
+    real = guard_module.prepare_image
+
+    def flaky(image, **kwargs):
+        if isinstance(image, Exploding):
+            raise ZeroDivisionError("decoder bug")
+        return real(image, **kwargs)
+
+    monkeypatch.setattr(guard_module, "prepare_image", flaky)
+    guard = Guard(backend=FakeBackend())
+    results = guard.moderate_batch(["fine", {"text": "x", "image": Exploding()}, "a bomb"])
+    assert [r.status for r in results] == ["ok", "invalid_input", "ok"]
+    assert "ZeroDivisionError" in (results[1].error or "") and "decoder bug" in (results[1].error or "")
+    assert results[1].flagged and results[2].flagged
+    assert [r.status for r in asyncio.run(guard.amoderate_batch(["a", {"image": Exploding()}]))] == [
+        "ok",
+        "invalid_input",
+    ]
+    with pytest.raises(InvalidInputError, match="ZeroDivisionError: decoder bug") as caught:
+        guard.moderate("x", Exploding())
+    assert isinstance(caught.value.__cause__, ZeroDivisionError)
+    with pytest.raises(InvalidInputError, match="ZeroDivisionError"):
+        asyncio.run(guard.amoderate("x", Exploding()))
+
+
+# -- any exception from the engine is engine_error / BackendError ------------------------------------------
+
+
+def test_any_engine_exception_becomes_engine_error():
+    class Crashing(FakeBackend):
+        async def agenerate(self, requests, params):
+            raise KeyError("async boom")
+
+        def generate(self, requests, params):
+            if any("crash" in r.prompt.user_text for r in requests):
+                raise RuntimeError("CUDA out of memory")
+            return super().generate(requests, params)
+
+    guard = Guard(backend=Crashing())
+    results = guard.moderate_batch(["fine", "crash", {"text": ""}])
+    assert [r.status for r in results] == ["engine_error", "engine_error", "invalid_input"]
+    assert results[0].error == "RuntimeError: CUDA out of memory" and all(r.flagged for r in results)
+    with pytest.raises(BackendError, match="RuntimeError: CUDA out of memory") as caught:
+        guard.moderate("crash")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert guard.moderate("fine").status == "ok"
+    async_results = asyncio.run(guard.amoderate_batch(["a", "b"]))
+    assert [r.status for r in async_results] == ["engine_error"] * 2 and "KeyError" in (async_results[0].error or "")
+    with pytest.raises(BackendError, match="async boom"):
+        asyncio.run(guard.amoderate("a"))
+
+
+# -- lifecycle: clones do not own the engine ----------------------------------------------------------------
+
+
+def test_closing_a_clone_leaves_the_original_usable():
+    backend = FakeBackend()
+    guard = Guard(backend=backend)
+    clone = guard.with_options(max_new_tokens=8)
+    with clone:
+        assert clone.moderate("x").judged
+    assert clone.closed and not backend.closed and not guard.closed
+    assert guard.moderate("x").judged  # the original still works
+    with pytest.raises(GuardClosedError):
+        clone.moderate("x")
+    other = guard.with_options(on_parse_error="allow")
+    guard.close()
+    assert backend.closed and other.closed
+    with pytest.raises(GuardClosedError, match="made from"):
+        other.moderate("x")
+    with pytest.raises(GuardClosedError):
+        guard.with_options(max_new_tokens=4)
+    with pytest.raises(GuardClosedError):
+        asyncio.run(guard.amoderate_batch(["x"]))
+
+
+def test_async_close_and_context_manager():
+    class Tracking(FakeBackend):
+        aclosed = False
+
+        async def aclose(self):
+            self.aclosed = True
+            self.close()
+
+    backend = Tracking()
+
+    async def main():
+        async with Guard(backend=backend) as guard:
+            await guard.amoderate("x")
+        return guard
+
+    guard = asyncio.run(main())
+    assert backend.aclosed and backend.closed and guard.closed
+
+
+def test_engine_settings_need_an_engine_by_name():
+    with pytest.raises(InvalidInputError, match="already built"):
+        Guard(backend=FakeBackend(), backend_options={"outputs": ["x"]})
+    with pytest.raises(InvalidInputError, match="already built"):
+        Guard(backend=FakeBackend(), device="cpu")
+    assert Guard(backend="fake", backend_options={"harmful_keywords": ["tea"]}).moderate("tea").flagged
+    with pytest.raises(InvalidInputError, match="remote backend does not take device or dtype"):
+        Guard("yueliu1999/GuardReasoner-VL-3B", backend="remote", device="cuda", dtype="float16")
+    with pytest.raises(InvalidInputError, match="fake backend does not take dtype: it loads no model"):
+        Guard(backend="fake", dtype="bfloat16")
+
+
+def test_a_closed_guard_is_an_error_in_integrations_not_blocked_content():
+    pytest.importorskip("langchain_core")
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    guard = Guard(backend=FakeBackend())
+    chain = guard.as_runnable(FakeListChatModel(responses=["Knead the dough."]))  # on_guard_error="block"
+    assert chain.invoke("how do I bake bread?").content == "Knead the dough."
+    guard.close()
+    with pytest.raises(GuardClosedError):  # not a silent "blocked" reply to every message
+        chain.invoke("how do I bake bread?")

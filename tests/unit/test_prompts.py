@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -160,3 +161,75 @@ def test_prompt_rejects_wrong_types():
         render_vl_prompt(123)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
         render_vl_prompt(None)  # neither text nor image
+
+
+# -- the family spec ---------------------------------------------------------------------------------
+
+
+def test_family_spec_holds_what_differs():
+    from guardreasoner_vl.inputs import IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS
+    from guardreasoner_vl.prompts import FAMILY_SPECS
+
+    vl, text = ModelFamily.VL.spec, ModelFamily.TEXT.spec
+    assert set(FAMILY_SPECS) == set(ModelFamily) and all(FAMILY_SPECS[f].family is f for f in ModelFamily)
+    assert (vl.patch_size, vl.merge_size, vl.image_factor) == (14, 2, 28) and vl.image_factor == IMAGE_FACTOR
+    assert (MIN_PIXELS, MAX_PIXELS) == (4 * 28 * 28, 16384 * 28 * 28)
+    assert vl.image_tokens(56, 84) == 6 and text.image_tokens(56, 84) == 0
+    assert (vl.supports_images, vl.has_refusal_task, vl.chat, vl.adds_bos) == (True, False, True, False)
+    assert (text.supports_images, text.has_refusal_task, text.chat, text.adds_bos) == (False, True, False, True)
+    assert (vl.model_class, text.model_class) == ("AutoModelForImageTextToText", "AutoModelForCausalLM")
+    assert (vl.default_max_new_tokens, text.default_max_new_tokens) == (4096, 2048)
+    assert ModelFamily.VL.default_max_new_tokens == 4096 and ModelFamily.TEXT.has_refusal_task
+    # the spec renders exactly what the per-family renderers do
+    assert vl.render("hi", "ok", True) == render_vl_prompt("hi", response="ok", has_image=True)
+    assert text.render("hi", None) == render_text_prompt("hi")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        vl.patch_size = 16  # type: ignore[misc]
+
+
+# -- family detection: from the config or the model's own name, never a folder above it ----------------------
+
+
+def _checkpoint(path: Path, config: dict | None) -> Path:
+    path.mkdir(parents=True)
+    if config is not None:
+        (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_a_text_checkpoint_under_a_vl_named_folder_is_text(tmp_path: Path):
+    ckpt = _checkpoint(tmp_path / "GuardReasoner-VL-stuff" / "my-llama", {"model_type": "llama"})
+    assert detect_family(ckpt) is ModelFamily.TEXT
+    assert detect_family(str(ckpt)) is ModelFamily.TEXT
+    # the project's own cache folder name no longer decides either
+    cached = _checkpoint(tmp_path / ".cache" / "guardreasoner_vl" / "tiny-text-bpe-0123", {"model_type": "llama"})
+    assert detect_family(cached) is ModelFamily.TEXT
+    # without a config, a folder above the checkpoint is not read at all
+    bare = _checkpoint(tmp_path / "GuardReasoner-VL-stuff" / "plain", None)
+    with pytest.raises(InvalidInputError, match="family="):
+        detect_family(bare)
+    with pytest.raises(InvalidInputError, match="family="):
+        detect_family("/nowhere/guardreasoner_vl/tiny-text-bpe-0123")
+
+
+def test_a_local_config_wins_over_the_checkpoints_own_name(tmp_path: Path):
+    misnamed = _checkpoint(tmp_path / "GuardReasoner-VL-3B-but-llama", {"model_type": "llama"})
+    assert detect_family(misnamed) is ModelFamily.TEXT
+    by_arch = _checkpoint(tmp_path / "ckpt-a", {"architectures": ["Qwen2_5_VLForConditionalGeneration"]})
+    assert detect_family(by_arch) is ModelFamily.VL
+    by_causal = _checkpoint(tmp_path / "ckpt-b", {"model_type": "something_new", "architectures": ["XForCausalLM"]})
+    assert detect_family(by_causal) is ModelFamily.TEXT
+    named = _checkpoint(tmp_path / "GuardReasoner-VL-7B", {"model_type": "unknown"})
+    assert detect_family(named) is ModelFamily.VL  # an unknown config falls back to the folder's own name
+    assert detect_family(_checkpoint(tmp_path / "guardreasoner-8b", None)) is ModelFamily.TEXT
+    (tmp_path / "ckpt-a" / "config.json").write_text("[1, 2]")
+    with pytest.raises(InvalidInputError, match="JSON object"):
+        detect_family(tmp_path / "ckpt-a")
+
+
+def test_hub_ids_match_as_a_whole_and_model_type_wins():
+    assert detect_family("someone/GuardReasoner-VL-finetune") is ModelFamily.VL
+    assert detect_family("someone/qwen-guard", model_type="qwen2_5_vl") is ModelFamily.VL
+    assert detect_family("yueliu1999/GuardReasoner-VL-3B", model_type="llama") is ModelFamily.TEXT
+    with pytest.raises(InvalidInputError, match="family="):
+        detect_family("someone/qwen-guard")

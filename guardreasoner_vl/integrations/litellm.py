@@ -20,8 +20,8 @@ context the response text is judged on its own, as a request (the only task the 
 :func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``): the endpoint is a
 router of the main moderation server, so ``guardreasoner-vl serve`` serves it too, behind the same API key
 (``x-api-key`` as LiteLLM sends it, or ``Authorization: Bearer``), body limit, memory budget and batcher.
-Configure LiteLLM with ``guardrail: generic_guardrail_api`` and ``api_base`` pointing at the server. :func:`handle_guardrail_request`
-and :func:`ahandle_guardrail_request` are the framework-free handlers.
+Configure LiteLLM with ``guardrail: generic_guardrail_api`` and ``api_base`` pointing at the server.
+:func:`handle_guardrail_request` and :func:`ahandle_guardrail_request` are the framework-free handlers.
 
 This follows LiteLLM's documented (beta) contract; it is tested against that contract offline, not against
 a running LiteLLM proxy.

@@ -31,10 +31,10 @@ never read as a server file path.
 Status codes (errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``):
 400 bad input (malformed or too deeply nested JSON included), 401 missing/wrong API key, 404/405 unknown
 route or method, 408 body too slow, 413 body or image too large or a request needing more memory than the
-whole budget, 429 queue or memory budget full now (with ``Retry-After``), 502 the engine failed on an input (``code="engine_error"``; clients
-such as ``openai`` retry it), 503 shutting down, 500 anything unexpected. A model output that could not be
-parsed is *not* an HTTP error: it is a result with ``status="parse_error"``, flagged under the default
-fail-closed policy.
+whole budget, 429 queue or memory budget full now (with ``Retry-After``), 502 the engine failed on an input
+(``code="engine_error"``; clients such as ``openai`` retry it), 503 shutting down or too many connections,
+500 anything unexpected (the connection stays usable). A model output that could not be parsed is *not* an
+HTTP error: it is a result with ``status="parse_error"``, flagged under the default fail-closed policy.
 """
 
 from __future__ import annotations
@@ -314,7 +314,9 @@ class _State:
                     if size > limit:
                         self.metrics.rejected.inc("body_too_large")
                         raise APIError(
-                            413, f"request body is more than the limit of {limit:,} bytes", code="body_too_large",
+                            413,
+                            f"request body is more than the limit of {limit:,} bytes",
+                            code="body_too_large",
                             headers=close,
                         )
                     if declared_size is None:
@@ -386,10 +388,10 @@ class _State:
             estimates = [estimate_prepare_bytes(item.get("image"), limits) for item in items]
             memory.add(sum(estimates))
             out: list[ModerationItem | GuardResult] = []
-            for index, (item, estimate) in enumerate(zip(items, estimates, strict=True)):
+            for item, estimate in zip(items, estimates, strict=True):
                 try:
                     prepared = self.guard.prepare(item.get("text"), item.get("image"), response=item.get("response"))
-                except Exception as exc:  # noqa: BLE001 - any failure to prepare is this input's fault
+                except Exception as exc:
                     memory.give_back(estimate)
                     message = _prepare_error(exc)
                     if not isolate:

@@ -147,7 +147,7 @@ def _bytes_per_pixel(mode: str) -> int:
 def _header_bytes(source: Any) -> bytes | None:
     """Enough leading bytes of an encoded image to read its header, or None when it is not inline data."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source[: _HEADER_B64_CHARS])
+        return bytes(source[:_HEADER_B64_CHARS])
     if isinstance(source, str):
         match = _DATA_URL.match(source)
         if match is None:
@@ -161,13 +161,13 @@ def _header_bytes(source: Any) -> bytes | None:
     return None
 
 
-def _image_size(source: Any) -> tuple[int, int, int] | None:
-    """``(width, height, bytes per decoded pixel)`` from the header alone, or None when it cannot be read."""
+def _image_size(source: Any) -> tuple[int, int, str] | None:
+    """``(width, height, mode)`` from the header alone, or None when it cannot be read."""
     if isinstance(source, Image.Image):
-        return source.width, source.height, _bytes_per_pixel(source.mode)
+        return source.width, source.height, source.mode
     shape = getattr(source, "shape", None)
     if shape is not None and len(shape) in (2, 3):
-        return int(shape[1]), int(shape[0]), 4
+        return int(shape[1]), int(shape[0]), "RGBA"
     head = _header_bytes(source)
     if not head:
         return None
@@ -175,39 +175,58 @@ def _image_size(source: Any) -> tuple[int, int, int] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(head)) as image:  # reads the header only
-                return image.width, image.height, _bytes_per_pixel(image.mode)
-    except Exception:  # noqa: BLE001 - not readable from the header: the guard will say why
+                return image.width, image.height, image.mode
+    except Exception:
         return None
+
+
+def _chain_bytes_per_pixel(mode: str) -> int:
+    """Bytes per pixel alive at once while one image is decoded and turned into RGB.
+
+    The decoded image, an RGBA copy and a white canvas for transparency, an RGB conversion, and an
+    allowance for the rotated copy EXIF orientation makes.
+    """
+    stored = _bytes_per_pixel(mode)
+    alpha = 8 if ("A" in mode or mode in ("P", "PA")) else 0
+    converted = 0 if (mode == "RGB" or alpha) else 4  # with alpha, the white canvas is the RGB result
+    return stored + alpha + converted + 4
 
 
 def estimate_prepare_bytes(image: Any, limits: InputLimits) -> int:
     """Peak bytes that preparing ``image`` (one source or a list merged side by side) may hold.
 
-    Read from headers, without decoding. A source whose size the header does not give (an ``http(s)`` URL,
-    a file the server does not read) is charged the largest image ``limits`` allows; one that is not an image
-    at all is charged nothing extra, because the guard refuses it before decoding.
+    Read from headers, without decoding: each image's decode-and-convert chain (the largest one is alive at
+    a time, the RGB results of all are kept), the side-by-side canvas of several images, the resize's
+    intermediate and its output. A source whose size the header does not give (an ``http(s)`` URL) is
+    charged the largest image ``limits`` allows; one that is not an image at all, or is over the pixel limit,
+    is charged nothing, because the guard refuses it from its header, before decoding.
+
+    Example:
+        >>> from PIL import Image
+        >>> estimate_prepare_bytes(Image.new("RGB", (1000, 1000)), InputLimits()) // 1_000_000
+        16
     """
     if image is None:
         return 0
     sources: Sequence[Any] = image if isinstance(image, (list, tuple)) else [image]
-    sizes = []
+    sizes: list[tuple[int, int, str]] = []
     for source in sources:
         size = _image_size(source)
         if size is None:
             if isinstance(source, str) and source.startswith(("http://", "https://")):
-                pixels = limits.max_decoded_pixels
-                sizes.append((pixels, 1, 4))
+                sizes.append((limits.max_decoded_pixels, 1, "RGBA"))
             continue
-        width, height, bpp = size
-        if width * height > limits.max_decoded_pixels:
-            continue  # refused from the header by the guard, before decoding
-        sizes.append((width, height, bpp))
+        width, height, _ = size
+        if 0 < width * height <= limits.max_decoded_pixels:
+            sizes.append(size)
     if not sizes:
         return 0
-    decoded = sum(w * h * (bpp + 4) for w, h, bpp in sizes)  # stored mode + the RGB copy
-    canvas = sum(w for w, _, _ in sizes) * max(h for _, h, _ in sizes) * 4 if len(sizes) > 1 else 0
-    resized = min(sum(w * h for w, h, _ in sizes), limits.max_pixels) * 4
-    return decoded + canvas + resized
+    pixels = [w * h for w, h, _ in sizes]
+    chain = max(p * _chain_bytes_per_pixel(mode) for p, (_, _, mode) in zip(pixels, sizes, strict=True))
+    kept = 4 * sum(pixels) if len(sizes) > 1 else 0  # every loaded image waits for the merge
+    canvas = sum(w for w, _, _ in sizes) * max(h for _, h, _ in sizes) if len(sizes) > 1 else pixels[0]
+    resize = 4 * canvas + 4 * min(canvas, limits.max_pixels)  # the canvas (or image), the resampled pass
+    return chain + kept + resize + (4 * canvas if len(sizes) > 1 else 0)
 
 
 def image_nbytes(image: Image.Image | None) -> int:

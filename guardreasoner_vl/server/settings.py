@@ -57,7 +57,7 @@ class ServerSettings:
     model_name: str | None = None
     close_guard: bool = True
     retry_after_s: int = 1
-    max_memory_bytes: int = 1024 * 1024 * 1024
+    max_memory_bytes: int = 2 * 1024 * 1024 * 1024
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     keep_alive_timeout_s: int = 5

@@ -344,11 +344,11 @@ def test_a_slow_body_gets_408_and_an_idle_connection_is_closed() -> None:
         sock = _connect(url)
         sock.sendall(REQUEST)
         start = time.monotonic()
-        answer = None
+        closed: bytes | None = None
         seen = bytearray()
-        while answer is None and time.monotonic() - start < 6:
-            answer = _closed(sock, seen)
-        assert answer is not None and b"200 OK" in answer, answer
+        while closed is None and time.monotonic() - start < 6:
+            closed = _closed(sock, seen)
+        assert closed is not None and b"200 OK" in closed, closed
         assert 0.8 < time.monotonic() - start < 3.5  # answered at once, then closed after 1 s idle
         sock.close()
 

@@ -107,9 +107,16 @@ def register(subparsers: Any) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from guardreasoner_vl.cli import guard_from_args
+    from guardreasoner_vl.errors import InvalidInputError
     from guardreasoner_vl.server.app import create_app
     from guardreasoner_vl.server.runner import is_loopback, run_server
 
+    if args.on_parse_error == "raise":
+        raise InvalidInputError(
+            "--on-parse-error raise does not apply to serve: a server answers every input, and an output that "
+            "could not be parsed is a result with status parse_error (flagged under 'flag', judged on what "
+            "was read under 'allow'); choose flag or allow"
+        )
     api_key = args.api_key or os.environ.get(SERVER_API_KEY_ENV) or None
     settings = ServerSettings(
         max_batch_size=args.max_batch_size,

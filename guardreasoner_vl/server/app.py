@@ -704,6 +704,9 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
         state.authorize(request)
+        state.metrics.memory.set(state.memory.used)
+        state.metrics.memory_peak.set(state.memory.peak)
+        state.metrics.memory_limit.set(state.memory.limit)
         return Response(state.metrics.render(), media_type=ServerMetrics.CONTENT_TYPE)
 
     return app

@@ -221,6 +221,10 @@ def test_a_request_bigger_than_the_whole_budget_is_413_and_the_budget_is_returne
         assert ok.status_code == 200, ok.text
         assert state.memory.used == 0 and 0 < state.memory.peak <= state.memory.limit
         assert backend.batch_sizes == [1]
+        metrics = httpx.get(url + "/metrics").text
+        assert "guardreasoner_request_memory_bytes 0" in metrics
+        assert f"guardreasoner_request_memory_limit_bytes {96 * 1024 * 1024}" in metrics
+        assert 'guardreasoner_rejected_total{reason="memory_too_large"} 1' in metrics
 
 
 async def test_concurrent_big_images_get_429_when_the_budget_is_held() -> None:

@@ -97,6 +97,10 @@ def test_a_missing_image_is_reported_before_any_model_loads(capsys: pytest.Captu
         (["moderate", "", "--backend", "fake"], "text is empty"),
         (["moderate", "hi", "--response", "  ", "--backend", "fake"], "response is empty"),
         (["moderate", "hi", "--model", "./no/checkpoint/here"], "checkpoint directory not found"),
+        (
+            ["moderate", "hi", "--backend", "fake", "--backend-option", 'outputs=["?"]', "--on-parse-error", "raise"],
+            "could not read the guard's verdicts",
+        ),
         (["serve", "--backend", "fake", "--on-parse-error", "raise"], "does not apply to serve"),
         (["serve", "--backend", "fake", "--max-batch-size", "0"], "max_batch_size must be at least 1"),
         (["serve", "--backend", "fake", "--max-memory-bytes", "10"], "max_memory_bytes"),

@@ -186,10 +186,18 @@ def test_the_same_connection_serves_a_success_after_every_kind_of_error() -> Non
                 after = client.post("/v1/moderations", json={"input": "hello"})
                 assert after.status_code == 200, (status, after.text)
                 assert _port(response) == _port(after) == port, f"the connection was dropped after a {status}"
-            # An answer given before the body is read closes the connection, and says so.
-            big = client.post("/v1/moderations", content=b" " * (40 * 1024 * 1024))
-            assert big.status_code == 413 and big.headers["connection"] == "close"
-            assert client.post("/v1/moderations", json={"input": "hello"}).status_code == 200  # a new connection
+            # An answer given before the body is read closes the connection, and says so. (Headers only: a
+            # client still sending a body when the server closes may lose the answer to a TCP reset.)
+            sock = _connect(url)
+            sock.sendall(HEAD + b"x-api-key: k\r\ncontent-length: 41943040\r\n\r\n")
+            answer: bytes | None = None
+            seen = bytearray()
+            deadline = time.monotonic() + 5
+            while answer is None and time.monotonic() < deadline:
+                answer = _closed(sock, seen)
+            sock.close()
+            assert answer is not None and b"413" in answer and b"connection: close" in answer.lower(), answer
+            assert client.post("/v1/moderations", json={"input": "hello"}).status_code == 200
 
 
 # -- 9.3: one bad item never fails its neighbours ----------------------------------------------------------

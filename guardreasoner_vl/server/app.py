@@ -62,7 +62,7 @@ from guardreasoner_vl.server.memory import (
     MemoryOverLimit,
     MemoryReservation,
     estimate_prepare_bytes,
-    image_nbytes,
+    prepared_nbytes,
 )
 from guardreasoner_vl.server.metrics import ServerMetrics
 from guardreasoner_vl.server.settings import ServerSettings
@@ -401,7 +401,7 @@ class _State:
                         GuardResult(flagged=True, status="invalid_input", error=message, model=self.guard.model_id)
                     )
                     continue
-                held = image_nbytes(prepared.request.image)
+                held = prepared_nbytes(prepared.request.image)
                 if held > estimate:
                     memory.add(held - estimate)
                 else:

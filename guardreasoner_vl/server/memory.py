@@ -8,8 +8,8 @@ the server counts *bytes* instead, in one budget shared by every request:
 * before any image is decoded, an estimate of what preparing it will hold at its peak, read from the image
   header alone (:func:`estimate_prepare_bytes`: the decoded pixels in the stored mode, the RGB copy, the
   side-by-side canvas of several images and the resized image);
-* once an item is prepared, the size of its prepared image (:func:`image_nbytes`), held while it waits in the
-  queue and while it is judged, until the request is answered.
+* once an item is prepared, the size of its prepared image (:func:`~guardreasoner_vl.inputs.prepared_nbytes`),
+  held while it waits in the queue and while it is judged, until the request is answered.
 
 A request that cannot reserve what it needs is refused before it allocates anything: HTTP 413 when it
 would not fit even in an empty budget, HTTP 429 (with ``Retry-After``) when other requests hold the memory
@@ -33,9 +33,13 @@ from typing import Any
 
 from PIL import Image
 
-from guardreasoner_vl.inputs import InputLimits
+from guardreasoner_vl.inputs import InputLimits, prepared_nbytes
 
-__all__ = ["MemoryBudget", "MemoryReservation", "estimate_prepare_bytes", "image_nbytes"]
+__all__ = ["PREPARE_OVERHEAD_BYTES", "MemoryBudget", "MemoryReservation", "estimate_prepare_bytes", "prepared_nbytes"]
+
+PREPARE_OVERHEAD_BYTES = 96 * 1024 * 1024
+"""Beyond ``2 * max_image_memory``, what preparing one request may hold (strips, the final resize); the bound
+:mod:`guardreasoner_vl.inputs` states and tests/adversarial/test_images.py measures."""
 
 _HEADER_B64_CHARS = 512 * 1024
 """Base64 characters decoded to read an image header (JPEG headers can follow long EXIF/ICC blocks)."""
@@ -197,9 +201,11 @@ def estimate_prepare_bytes(image: Any, limits: InputLimits) -> int:
 
     Read from headers, without decoding: each image's decode-and-convert chain (the largest one is alive at
     a time, the RGB results of all are kept), the side-by-side canvas of several images, the resize's
-    intermediate and its output. A source whose size the header does not give (an ``http(s)`` URL) is
-    charged the largest image ``limits`` allows; one that is not an image at all, or is over the pixel limit,
-    is charged nothing, because the guard refuses it from its header, before decoding.
+    intermediate and its output; capped at the bound :mod:`guardreasoner_vl.inputs` states for one request
+    (``2 * max_image_memory + 96 MiB``), since it decodes one image at a time and shrinks each early. A
+    source whose size the header does not give (an ``http(s)`` URL) is charged the largest image ``limits``
+    allows; one that is not an image at all, or is over the pixel limit, is charged nothing, because the
+    guard refuses it from its header, before decoding.
 
     Example:
         >>> from PIL import Image
@@ -226,11 +232,7 @@ def estimate_prepare_bytes(image: Any, limits: InputLimits) -> int:
     kept = 4 * sum(pixels) if len(sizes) > 1 else 0  # every loaded image waits for the merge
     canvas = sum(w for w, _, _ in sizes) * max(h for _, h, _ in sizes) if len(sizes) > 1 else pixels[0]
     resize = 4 * canvas + 4 * min(canvas, limits.max_pixels)  # the canvas (or image), the resampled pass
-    return chain + kept + resize + (4 * canvas if len(sizes) > 1 else 0)
-
-
-def image_nbytes(image: Image.Image | None) -> int:
-    """Bytes a prepared (RGB) PIL image holds: 4 per pixel, as PIL stores RGB."""
-    if image is None:
-        return 0
-    return image.width * image.height * _bytes_per_pixel(image.mode)
+    naive = chain + kept + resize + (4 * canvas if len(sizes) > 1 else 0)
+    # inputs.py decodes one image at a time, shrinks each to its share of the canvas while converting it
+    # strip by strip, and checks the canvas: one request never holds more than its stated bound.
+    return min(naive, 2 * limits.max_image_memory + PREPARE_OVERHEAD_BYTES)

@@ -3,12 +3,18 @@
 Each further command lives beside the code it drives and exposes ``register(subparsers)``, which adds
 its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit
 code). Those modules import nothing heavy at import time, so ``--help`` stays fast.
+
+Conventions, the same for every command: ``--version``; ``-v``/``-vv`` before or after the command; every
+``--help`` shows the defaults; bad input or a bad option prints one line ``error: ...`` and exits 2 (no
+traceback; ``-vv`` shows it); ``moderate``'s text may be ``-`` to read it from stdin; inputs are checked
+before a model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import platform
@@ -57,11 +63,32 @@ def add_guard_options(parser: argparse.ArgumentParser, *, default_model: str | N
     )
 
 
+def _check_backend_options(backend: str, options: dict[str, Any]) -> None:
+    """Refuse an option the engine's constructor does not take (a typo would otherwise be a TypeError)."""
+    from guardreasoner_vl.backends import FakeBackend, available_backend, load_backend_class
+    from guardreasoner_vl.errors import InvalidInputError
+
+    if not options:
+        return
+    name = available_backend() if backend == "auto" else backend
+    cls = FakeBackend if name == "fake" else load_backend_class(name)
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = {p.name for p in parameters if p.kind in named} - {"self", "model"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown --backend-option {', '.join(map(repr, unknown))} for the {name} backend; "
+            f"it takes: {', '.join(sorted(accepted)) or 'no options'}"
+        )
+
+
 def guard_from_args(args: argparse.Namespace) -> Any:
     """Build the :class:`~guardreasoner_vl.Guard` described by :func:`add_guard_options`."""
     from guardreasoner_vl import Guard
     from guardreasoner_vl.errors import InvalidInputError
-    from guardreasoner_vl.inputs import InputLimits
 
     options: dict[str, Any] = {}
     for item in args.backend_option:
@@ -72,7 +99,8 @@ def guard_from_args(args: argparse.Namespace) -> Any:
             options[key] = json.loads(value)
         except ValueError:
             options[key] = value
-    limits = InputLimits(max_pixels=args.max_pixels) if args.max_pixels else None
+    _check_backend_options(args.backend, options)
+    limits = limits_from_args(args)
     return Guard(
         args.model,
         backend=args.backend,
@@ -85,6 +113,13 @@ def guard_from_args(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         backend_options=options,
     )
+
+
+def limits_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~guardreasoner_vl.inputs.InputLimits` the guard options ask for (None: the defaults)."""
+    from guardreasoner_vl.inputs import InputLimits
+
+    return InputLimits(max_pixels=args.max_pixels) if args.max_pixels else None
 
 
 def print_result(result: Any, *, as_json: bool) -> None:
@@ -108,18 +143,40 @@ def print_result(result: Any, *, as_json: bool) -> None:
     usage = result.usage
     table.add_row(
         "usage",
-        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, {usage.latency_s}s",
+        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, {usage.latency_s * 1000:.0f} ms",
     )
     console.print(table)
     if result.reasoning:
         console.print(Panel(result.reasoning, title="reasoning", expand=False))
 
 
-def _cmd_moderate(args: argparse.Namespace) -> int:
+def _read_text(value: str | None) -> str | None:
+    """``-`` reads the text from stdin (one trailing newline dropped)."""
+    if value != "-":
+        return value
+    text = sys.stdin.read()
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _checked_inputs(args: argparse.Namespace) -> tuple[str | None, Any]:
+    """Text and image checked (image loaded and resized) before any model is loaded."""
+    from guardreasoner_vl.errors import InvalidInputError
+    from guardreasoner_vl.inputs import DEFAULT_LIMITS, prepare_image, validate_text
+
+    limits = limits_from_args(args) or DEFAULT_LIMITS
+    text = validate_text(_read_text(args.text), name="text", limits=limits)
+    validate_text(args.response, name="response", limits=limits)
     images = args.image or None
+    if text is None and images is None:
+        raise InvalidInputError("give at least one of text and image (the text may be - to read it from stdin)")
+    image = None if images is None else prepare_image(images[0] if len(images) == 1 else images, limits=limits)
+    return text, image
+
+
+def _cmd_moderate(args: argparse.Namespace) -> int:
+    text, image = _checked_inputs(args)
     with guard_from_args(args) as guard:
-        image = images[0] if images and len(images) == 1 else images
-        result = guard.moderate(args.text, image, response=args.response)
+        result = guard.moderate(text, image, response=args.response)
     print_result(result, as_json=args.json)
     return 1 if result.flagged and args.exit_code else 0
 
@@ -186,15 +243,19 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``guardreasoner-vl`` argument parser."""
+    from guardreasoner_vl import __version__
+
     parser = argparse.ArgumentParser(
         prog="guardreasoner-vl",
         description="Reasoning-based safety verdicts for text, images and AI responses (GuardReasoner-VL).",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     moderate = sub.add_parser("moderate", help="judge one request (text, image or both) and optional response")
-    moderate.add_argument("text", nargs="?", help="the user's request text")
+    moderate.add_argument("text", nargs="?", help="the user's request text (- reads it from stdin)")
     moderate.add_argument("--image", action="append", help="image path/data URL (repeat to merge several)")
     moderate.add_argument("--response", help="the AI assistant's response to judge too")
     moderate.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -217,7 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    for command in sub.choices.values():  # the same conventions for every command, whoever registered it
+        _conventions(command)
     return parser
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already states one or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _conventions(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    for child in parser._subparsers._group_actions if parser._subparsers else ():  # nested commands
+        for nested in getattr(child, "choices", {}).values():
+            _conventions(nested)
+    if "-v" not in parser._option_string_actions:
+        parser.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv for debug)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,7 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except GuardError as exc:
+    except (GuardError, ValueError, OSError) as exc:  # bad input, a bad option, a missing file: one line
+        if args.verbose >= 2:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

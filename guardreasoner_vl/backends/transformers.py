@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
 from guardreasoner_vl.backends.tokenization import EncodedPrompt, PlainEncoder, encode_prompt
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
+from guardreasoner_vl.hub import resolve_checkpoint
 from guardreasoner_vl.inputs import MAX_PIXELS, MIN_PIXELS
 from guardreasoner_vl.prompts import ModelFamily, detect_family
 
@@ -105,7 +106,7 @@ class TransformersBackend(Backend):
         transformers = require("transformers", "transformers", feature="the transformers backend")
         if batch_size < 1:
             raise InvalidInputError("batch_size must be at least 1")
-        self.model_id: str = str(model)
+        self.model_id: str = resolve_checkpoint(model)  # a missing path or an unreachable Hub fails here, at once
         self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

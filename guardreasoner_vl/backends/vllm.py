@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
 from guardreasoner_vl.backends.tokenization import PlainEncoder, encode_prompt
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
+from guardreasoner_vl.hub import resolve_checkpoint
 from guardreasoner_vl.inputs import IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS, smart_resize
 from guardreasoner_vl.prompts import ModelFamily, detect_family
 
@@ -151,7 +152,7 @@ class VLLMBackend(Backend):
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError("batch_size must be at least 1")
         self._vllm = vllm
-        self.model_id: str = str(model)
+        self.model_id: str = resolve_checkpoint(model)  # a missing path or an unreachable Hub fails here, at once
         extra = dict(engine_kwargs or {})
         self.family: ModelFamily = ModelFamily(family) if family is not None else self._detect_family(extra)
         self.min_pixels = min_pixels

@@ -17,9 +17,11 @@ request, earlier turns and tool results as context, images merged), else all ``t
 ``"response"``, the joined ``texts`` as the response, in the context of that conversation. Without that
 context the response text is judged on its own, as a request (the only task the guard can run without the request).
 
-:func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``); configure LiteLLM
-with ``guardrail: generic_guardrail_api`` and ``api_base`` pointing at it. :func:`handle_guardrail_request`
-and :func:`ahandle_guardrail_request` are the framework-free handlers.
+:func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``): the endpoint is a
+router of the main moderation server, so ``guardreasoner-vl serve`` serves it too, behind the same API key
+(``x-api-key`` as LiteLLM sends it, or ``Authorization: Bearer``), body limit, memory budget and batcher.
+Configure LiteLLM with ``guardrail: generic_guardrail_api`` and ``api_base`` pointing at the server.
+:func:`handle_guardrail_request` and :func:`ahandle_guardrail_request` are the framework-free handlers.
 
 This follows LiteLLM's documented (beta) contract; it is tested against that contract offline, not against
 a running LiteLLM proxy.
@@ -177,33 +179,21 @@ async def ahandle_guardrail_request(
 
 
 def create_app(guard: Guard, *, api_key: str | None = None, violation_message: str | None = None) -> Any:
-    """A FastAPI app serving ``POST /beta/litellm_basic_guardrail_api`` (and ``GET /health``).
+    """The moderation server (:func:`guardreasoner_vl.server.create_app`), which serves this endpoint too.
+
+    ``POST /beta/litellm_basic_guardrail_api`` is a router of the main server app, so it shares the server's
+    API key, body limit, memory budget and micro-batcher; ``/health``, ``/v1/moderations`` and the rest are
+    served beside it. The guard is not closed when the app stops (it is the caller's).
 
     Args:
         guard: the guard.
-        api_key: when set, requests must send ``Authorization: Bearer <api_key>`` (LiteLLM's ``api_key``).
+        api_key: when set, requests must send ``x-api-key: <api_key>`` (what LiteLLM sends for the guardrail's
+            ``api_key``) or ``Authorization: Bearer <api_key>``.
         violation_message: the ``blocked_reason`` text; ``{stage}`` becomes ``request`` or ``response``.
     """
-    fastapi = require("fastapi", "server", feature="the LiteLLM guardrail app")
-    app = fastapi.FastAPI(title="guardreasoner-vl LiteLLM guardrail")
+    require("fastapi", "server", feature="the LiteLLM guardrail app")
+    from guardreasoner_vl.server import ServerSettings
+    from guardreasoner_vl.server import create_app as create_server_app
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": guard.model_id}
-
-    async def guardrail(request: Any) -> Any:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
-            raise fastapi.HTTPException(status_code=401, detail="invalid or missing API key")
-        try:
-            payload = await request.json()
-        except ValueError:
-            raise fastapi.HTTPException(status_code=400, detail="the body must be JSON") from None
-        try:
-            return await ahandle_guardrail_request(guard, payload, violation_message=violation_message)
-        except InvalidInputError as exc:
-            raise fastapi.HTTPException(status_code=400, detail=str(exc)) from exc
-
-    # Annotations are strings here (postponed evaluation); FastAPI needs the real class to inject the request.
-    guardrail.__annotations__ = {"request": fastapi.Request, "return": Any}
-    app.post(GUARDRAIL_PATH)(guardrail)
-    return app
+    settings = ServerSettings(api_key=api_key, violation_message=violation_message, close_guard=False)
+    return create_server_app(guard, settings=settings)

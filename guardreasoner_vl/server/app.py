@@ -11,17 +11,30 @@ Endpoints:
   the guard's, no category is claimed, no score is invented, our ``guardreasoner`` field carries the verdicts
   and reasoning).
 * ``POST /v1/guard`` -- ``{"text", "image", "response"}`` -> the full :class:`~guardreasoner_vl.GuardResult`.
+* ``POST /beta/litellm_basic_guardrail_api`` -- LiteLLM's Generic Guardrail API
+  (:mod:`guardreasoner_vl.integrations.litellm`), behind the same key, body limit, memory budget and batcher.
 * ``GET /v1/models``, ``GET /health`` (never needs the API key), ``GET /metrics`` (Prometheus text).
+
+The API key (when set) is accepted as ``Authorization: Bearer <key>`` or as ``x-api-key: <key>`` (what
+LiteLLM's proxy sends), compared in constant time.
+
+In a ``/v1/moderations`` request with a list of inputs, an input that cannot be prepared (bad image, text too
+long ...) is that input's result, with ``status="invalid_input"`` and ``flagged=true``; the other inputs are
+judged. A request with one input answers 400 for it.
+
+Memory is bounded in bytes, not requests (:mod:`guardreasoner_vl.server.memory`): bodies and decoded images
+of all requests together stay under ``max_memory_bytes``.
 
 Images are ``data:`` URLs or bare base64 (or ``http(s)`` URLs when ``allow_image_urls`` is set); a string is
 never read as a server file path.
 
 Status codes (errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``):
-400 bad input, 401 missing/wrong API key, 404/405 unknown route or method, 413 body or image too large,
-429 queue full (with ``Retry-After``), 502 the engine failed on an input (``code="engine_error"``; clients
-such as ``openai`` retry it), 503 shutting down, 500 anything unexpected. A model output that could not be
-parsed is *not* an HTTP error: it is a result with ``status="parse_error"``, flagged under the default
-fail-closed policy.
+400 bad input (malformed or too deeply nested JSON included), 401 missing/wrong API key, 404/405 unknown
+route or method, 408 body too slow, 413 body or image too large or a request needing more memory than the
+whole budget, 429 queue or memory budget full now (with ``Retry-After``), 502 the engine failed on an input
+(``code="engine_error"``; clients such as ``openai`` retry it), 503 shutting down or too many connections,
+500 anything unexpected (the connection stays usable). A model output that could not be parsed is *not* an
+HTTP error: it is a result with ``status="parse_error"``, flagged under the default fail-closed policy.
 """
 
 from __future__ import annotations
@@ -40,17 +53,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from guardreasoner_vl.errors import InvalidInputError, ParseError, require
+from guardreasoner_vl.errors import GuardError, InvalidInputError, ParseError, require
 from guardreasoner_vl.guard import Guard, PreparedItem
 from guardreasoner_vl.moderation import to_openai_moderation
 from guardreasoner_vl.server.batcher import BatcherClosedError, MicroBatcher, QueueFullError
+from guardreasoner_vl.server.memory import (
+    MemoryBudget,
+    MemoryOverLimit,
+    MemoryReservation,
+    estimate_prepare_bytes,
+    prepared_nbytes,
+)
 from guardreasoner_vl.server.metrics import ServerMetrics
 from guardreasoner_vl.server.settings import ServerSettings
 from guardreasoner_vl.types import GuardResult, ModerationItem
 
 require("fastapi", "server", feature="the moderation server")
 
-from fastapi import FastAPI, Request  # noqa: E402
+from fastapi import APIRouter, FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
@@ -58,7 +78,9 @@ __all__ = ["APIError", "GuardRequest", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-ENDPOINTS = ("/v1/moderations", "/v1/guard", "/v1/models", "/health", "/metrics")
+LITELLM_PATH = "/beta/litellm_basic_guardrail_api"
+"""LiteLLM's Generic Guardrail API path (the same as ``integrations.litellm.GUARDRAIL_PATH``)."""
+ENDPOINTS = ("/v1/moderations", "/v1/guard", LITELLM_PATH, "/v1/models", "/health", "/metrics")
 
 
 # -- request schemas ---------------------------------------------------------------------------------
@@ -114,6 +136,8 @@ def _json_type(value: Any) -> str:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply to be a moderation request") from None
     except ValueError as exc:
         raise APIError(400, f"the request body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -188,6 +212,7 @@ class _State:
             workers=settings.workers,
             metrics=self.metrics,
         )
+        self.memory = MemoryBudget(settings.max_memory_bytes)
 
     async def _run_batch(self, items: list[PreparedItem]) -> list[GuardResult]:
         try:  # prepared once, in prepare(): the image is not decoded nor the prompt rendered again
@@ -209,36 +234,104 @@ class _State:
     # -- request helpers --------------------------------------------------------------------------
 
     def authorize(self, request: Request) -> None:
+        """Check the API key, sent as ``Authorization: Bearer <key>`` or ``x-api-key: <key>``."""
         key = self.settings.api_key
         if key is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        offered = (token.strip() if scheme.lower() == "bearer" else "", request.headers.get("x-api-key", "").strip())
+        expected = key.encode()
+        matched = False
+        for candidate in offered:  # both compared, each in constant time
+            matched |= hmac.compare_digest(candidate.encode(), expected)
+        if not matched:
             self.metrics.rejected.inc("unauthorized")
             raise APIError(
                 401,
-                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    async def read_body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            self.metrics.rejected.inc("body_too_large")
-            raise APIError(
-                413, f"request body is {int(declared):,} bytes, more than the limit of {limit:,}", code="body_too_large"
+    def reserve(self) -> MemoryReservation:
+        """This request's share of the memory budget (released when the request is answered)."""
+        return MemoryReservation(self.memory)
+
+    def memory_full(self, exc: MemoryOverLimit, *, close: bool = False) -> APIError:
+        """413 when the request could never fit in the budget, 429 when other requests hold it now."""
+        mib = 1024 * 1024
+        headers = {"Connection": "close"} if close else {}
+        if not exc.fits_at_all:
+            self.metrics.rejected.inc("memory_too_large")
+            return APIError(
+                413,
+                f"this request needs about {exc.needed / mib:,.0f} MiB of memory (its body and decoded images), "
+                f"more than the server's whole budget of {exc.limit / mib:,.0f} MiB; send fewer or smaller images",
+                code="request_too_large",
+                headers=headers or None,
             )
+        self.metrics.rejected.inc("memory_full")
+        return APIError(
+            429,
+            f"the server is at capacity ({exc.used / mib:,.0f} of {exc.limit / mib:,.0f} MiB of request memory in "
+            f"use, this request needs about {exc.needed / mib:,.0f} MiB); retry after a short wait",
+            type="rate_limit_error",
+            code="memory_full",
+            headers={"Retry-After": str(self.settings.retry_after_s), **headers},
+        )
+
+    async def read_body(self, request: Request, memory: MemoryReservation) -> bytes:
+        """The body, within ``max_body_bytes``, ``body_timeout_s`` and the memory budget.
+
+        Twice the body's size is reserved: the bytes and what JSON parsing makes of them live as long as the
+        request.
+        """
+        limit = self.settings.max_body_bytes
+        close = {"Connection": "close"}  # the rest of the body is not read: the connection cannot be reused
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit():
+            if int(declared) > limit:
+                self.metrics.rejected.inc("body_too_large")
+                raise APIError(
+                    413,
+                    f"request body is {int(declared):,} bytes, more than the limit of {limit:,}",
+                    code="body_too_large",
+                    headers=close,
+                )
+            try:
+                memory.add(2 * int(declared))
+            except MemoryOverLimit as exc:
+                raise self.memory_full(exc, close=True) from None
+            declared_size = int(declared)
+        else:
+            declared_size = None
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                self.metrics.rejected.inc("body_too_large")
-                raise APIError(413, f"request body is more than the limit of {limit:,} bytes", code="body_too_large")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        self.metrics.rejected.inc("body_too_large")
+                        raise APIError(
+                            413,
+                            f"request body is more than the limit of {limit:,} bytes",
+                            code="body_too_large",
+                            headers=close,
+                        )
+                    if declared_size is None:
+                        memory.add(2 * len(chunk))
+                    chunks.append(chunk)
+        except TimeoutError:
+            self.metrics.rejected.inc("body_timeout")
+            raise APIError(
+                408,
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
+                code="body_timeout",
+                headers=close,
+            ) from None
+        except MemoryOverLimit as exc:
+            raise self.memory_full(exc, close=True) from None
         return b"".join(chunks)
 
     def image_source(self, value: str, *, param: str) -> str | bytes:
@@ -276,22 +369,50 @@ class _State:
                 param=param,
             ) from None
 
-    async def prepare(self, items: list[ModerationItem], *, param: str | None) -> list[PreparedItem]:
-        """Validate, load and render every item now, once (a bad one fails the request with 400), off the event loop."""
+    async def prepare(
+        self, items: list[ModerationItem], *, param: str | None, memory: MemoryReservation, isolate: bool = False
+    ) -> list[PreparedItem | GuardResult]:
+        """Validate, load and render every item now, once, off the event loop, within the memory budget.
+
+        Before any image is decoded, the request reserves what preparing its images may hold at the peak
+        (read from their headers); once an item is prepared, only its prepared image stays reserved.
+
+        With ``isolate`` (a list of inputs), an item that fails is that item's ``invalid_input`` result and
+        the others go on; without it (one input), its failure is the request's 400.
+        """
         if not self.batcher.has_room(len(items)):
             raise self.queue_full()
+        limits = self.guard.limits
 
-        def work() -> list[PreparedItem]:
-            out = []
-            for index, item in enumerate(items):
+        def work() -> list[PreparedItem | GuardResult]:
+            estimates = [estimate_prepare_bytes(item.image, limits) for item in items]
+            memory.add(sum(estimates))
+            out: list[PreparedItem | GuardResult] = []
+            for item, estimate in zip(items, estimates, strict=True):
                 try:
-                    out.append(self.guard.prepare_item(item))
-                except InvalidInputError as exc:
-                    where = f"{param}[{index}]" if param and len(items) > 1 else param
-                    raise APIError(400, f"{where}: {exc}" if where else str(exc), param=where) from None
+                    prepared = self.guard.prepare_item(item)
+                except Exception as exc:
+                    memory.give_back(estimate)
+                    message = _prepare_error(exc)
+                    if not isolate:
+                        raise APIError(400, f"{param}: {message}" if param else message, param=param) from None
+                    self.metrics.items.inc("invalid_input")
+                    out.append(
+                        GuardResult(flagged=True, status="invalid_input", error=message, model=self.guard.model_id)
+                    )
+                    continue
+                held = prepared_nbytes(prepared.request.image)
+                if held > estimate:
+                    memory.add(held - estimate)
+                else:
+                    memory.give_back(estimate - held)
+                out.append(prepared)
             return out
 
-        return await asyncio.to_thread(work)
+        try:
+            return await asyncio.to_thread(work)
+        except MemoryOverLimit as exc:
+            raise self.memory_full(exc) from None
 
     def queue_full(self) -> APIError:
         self.metrics.rejected.inc("queue_full")
@@ -303,9 +424,13 @@ class _State:
             headers={"Retry-After": str(self.settings.retry_after_s)},
         )
 
-    async def judge(self, items: list[PreparedItem]) -> list[GuardResult]:
+    async def run(self, outcomes: list[PreparedItem | GuardResult]) -> list[GuardResult]:
+        """Judge the prepared items through the batcher; items that failed preparation keep their result."""
+        items = [o for o in outcomes if isinstance(o, PreparedItem)]
+        if not items:
+            return [o for o in outcomes if isinstance(o, GuardResult)]
         try:
-            results = await self.batcher.submit(items)
+            results = iter(await self.batcher.submit(items))
         except QueueFullError:
             raise self.queue_full() from None
         except BatcherClosedError as exc:
@@ -320,6 +445,11 @@ class _State:
             self.metrics.errors.inc("internal")
             logger.exception("moderation failed")
             raise APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error") from None
+        return [next(results) if isinstance(o, PreparedItem) else o for o in outcomes]
+
+    async def judge(self, outcomes: list[PreparedItem | GuardResult]) -> list[GuardResult]:
+        """:meth:`run`, with an engine failure answered as HTTP 502."""
+        results = await self.run(outcomes)
         failed = [r for r in results if r.status == "engine_error"]
         if failed:
             self.metrics.errors.inc("engine", amount=len(failed))
@@ -329,8 +459,39 @@ class _State:
         return results
 
 
+def _prepare_error(exc: Exception) -> str:
+    cause = exc.__cause__
+    wrapped = isinstance(cause, Exception) and not isinstance(cause, GuardError)
+    if isinstance(exc, InvalidInputError) and wrapped and str(exc) == f"{type(cause).__name__}: {cause}":
+        exc = cause  # type: ignore[assignment]  # Guard.prepare wrapped an unexpected failure: report what really failed
+    elif isinstance(exc, InvalidInputError):
+        return str(exc)
+    logger.warning("preparing an input failed", exc_info=exc)
+    return f"the input could not be prepared ({type(exc).__name__}: {exc})"
+
+
+class _BatchedGuard:
+    """What the LiteLLM handlers need of a guard, served by the server's memory budget and batcher."""
+
+    def __init__(self, state: _State, memory: MemoryReservation) -> None:
+        self._state = state
+        self._memory = memory
+        self.model_id = state.guard.model_id
+
+    async def amoderate_batch(self, items: list[dict[str, Any]]) -> list[GuardResult]:
+        outcomes = await self._state.prepare(
+            [ModerationItem(**item) for item in items], param=None, memory=self._memory, isolate=True
+        )
+        return await self._state.run(outcomes)
+
+
 class _MetricsMiddleware:
-    """Counts every HTTP request by endpoint and status, and times it (pure ASGI: no body buffering)."""
+    """Counts every HTTP request by endpoint and status, and times it (pure ASGI: no body buffering).
+
+    It is also the safety net for an unexpected exception: the client gets a 500 in OpenAI's shape and the
+    connection stays usable (Starlette's own handler for ``Exception`` re-raises after answering, and uvicorn
+    then closes the keep-alive connection).
+    """
 
     def __init__(self, app: Any, *, metrics: ServerMetrics) -> None:
         self.app = app
@@ -350,11 +511,48 @@ class _MetricsMiddleware:
                 status[0] = int(message["status"])
             await send(message)
 
+        started = [False]
+
+        async def send_tracked(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                started[0] = True
+            await send_wrapper(message)
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started[0]:
+                raise  # half an answer is out: only closing the connection can tell the client
+            self.metrics.errors.inc("internal")
+            logger.error("unexpected error answering %s", path, exc_info=exc)
+            answer = APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+            await answer(scope, receive, send_wrapper)
         finally:
             self.metrics.http_requests.inc(endpoint, str(status[0]))
             self.metrics.http_latency.observe(time.perf_counter() - start, endpoint)
+
+
+def _litellm_router(state: _State) -> APIRouter:
+    """LiteLLM's Generic Guardrail API on the main app: the same key, body limit, memory budget and batcher."""
+    from guardreasoner_vl.integrations.litellm import ahandle_guardrail_request
+
+    router = APIRouter()
+
+    @router.post(LITELLM_PATH, summary="LiteLLM Generic Guardrail API")
+    async def litellm_guardrail(request: Request) -> JSONResponse:
+        state.authorize(request)
+        with state.reserve() as memory:
+            payload = _json_object(await state.read_body(request, memory))
+            guard: Any = _BatchedGuard(state, memory)
+            try:
+                answer = await ahandle_guardrail_request(
+                    guard, payload, violation_message=state.settings.violation_message
+                )
+            except InvalidInputError as exc:
+                raise APIError(400, str(exc)) from None
+        return JSONResponse(answer)
+
+    return router
 
 
 def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastAPI:
@@ -407,17 +605,15 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return APIError(exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None)).response()
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - safety net
-        state.metrics.errors.inc("internal")
-        return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
-
     app.add_middleware(_MetricsMiddleware, metrics=state.metrics)
 
     @app.post("/v1/moderations", summary="OpenAI-compatible moderation")
     async def moderations(request: Request) -> JSONResponse:
         state.authorize(request)
-        body = await state.read_body(request)
+        with state.reserve() as memory:
+            return await _moderations(await state.read_body(request, memory), memory)
+
+    async def _moderations(body: bytes, memory: MemoryReservation) -> JSONResponse:
         data = _json_object(body)
         if "input" not in data:
             raise APIError(400, "missing 'input': give a string, a list of strings or a list of parts", param="input")
@@ -454,7 +650,7 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
                     images.append(state.image_source(content, param=f"input[{index}].image_url.url"))
             image: Any = None if not images else (images[0] if len(images) == 1 else images)
             raw = [ModerationItem(text="\n".join(texts) if texts else None, image=image)]
-        items = await state.prepare(raw, param="input")
+        items = await state.prepare(raw, param="input", memory=memory, isolate=len(raw) > 1)
         results = await state.judge(items)
         response = to_openai_moderation(results, model=state.model_name)
         return JSONResponse(response.model_dump(mode="json"))
@@ -462,7 +658,10 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
     @app.post("/v1/guard", summary="Full GuardResult for text, image and response")
     async def guard_endpoint(request: Request) -> JSONResponse:
         state.authorize(request)
-        body = await state.read_body(request)
+        with state.reserve() as memory:
+            return await _guard(await state.read_body(request, memory), memory)
+
+    async def _guard(body: bytes, memory: MemoryReservation) -> JSONResponse:
         try:
             parsed = GuardRequest.model_validate(_json_object(body))
         except ValidationError as exc:
@@ -473,10 +672,12 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
         elif parsed.image is not None:
             image = state.image_source(parsed.image, param="image")
         items = await state.prepare(
-            [ModerationItem(text=parsed.text, image=image, response=parsed.response)], param=None
+            [ModerationItem(text=parsed.text, image=image, response=parsed.response)], param=None, memory=memory
         )
         (result,) = await state.judge(items)
         return JSONResponse(result.model_dump(mode="json"))
+
+    app.include_router(_litellm_router(state))
 
     @app.get("/v1/models", summary="The served model")
     async def models(request: Request) -> JSONResponse:
@@ -507,6 +708,9 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
         state.authorize(request)
+        state.metrics.memory.set(state.memory.used)
+        state.metrics.memory_peak.set(state.memory.peak)
+        state.metrics.memory_limit.set(state.memory.limit)
         return Response(state.metrics.render(), media_type=ServerMetrics.CONTENT_TYPE)
 
     return app

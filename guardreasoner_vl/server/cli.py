@@ -58,8 +58,43 @@ def register(subparsers: Any) -> None:
     net.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes, help="largest request body")
     net.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes, help="largest image")
     net.add_argument(
+        "--max-memory-bytes",
+        type=int,
+        default=defaults.max_memory_bytes,
+        help="most bytes of request bodies and decoded images held at once; beyond it HTTP 429 (or 413 for a "
+        "request that could never fit)",
+    )
+    net.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=defaults.header_timeout_s,
+        help="seconds a connection has to send a request's headers (slow clients are disconnected)",
+    )
+    net.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=defaults.body_timeout_s,
+        help="seconds a request's body has to arrive (HTTP 408 beyond)",
+    )
+    net.add_argument(
+        "--keep-alive-timeout-s",
+        type=int,
+        default=defaults.keep_alive_timeout_s,
+        help="seconds an idle keep-alive connection stays open",
+    )
+    net.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="most open connections and running requests; beyond it HTTP 503",
+    )
+    net.add_argument(
+        "--max-header-bytes", type=int, default=defaults.max_header_bytes, help="largest request line plus headers"
+    )
+    net.add_argument(
         "--api-key",
-        help=f"require 'Authorization: Bearer KEY' (default: ${SERVER_API_KEY_ENV}; none: no authentication)",
+        help=f"require the key, as 'Authorization: Bearer KEY' or 'x-api-key: KEY' (default: ${SERVER_API_KEY_ENV}; "
+        "none: no authentication)",
     )
     net.add_argument(
         "--allow-image-urls", action="store_true", help="let clients send http(s) image URLs for the server to fetch"
@@ -72,9 +107,16 @@ def register(subparsers: Any) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from guardreasoner_vl.cli import guard_from_args
+    from guardreasoner_vl.errors import InvalidInputError
     from guardreasoner_vl.server.app import create_app
     from guardreasoner_vl.server.runner import is_loopback, run_server
 
+    if args.on_parse_error == "raise":
+        raise InvalidInputError(
+            "--on-parse-error raise does not apply to serve: a server answers every input, and an output that "
+            "could not be parsed is a result with status parse_error (flagged under 'flag', judged on what "
+            "was read under 'allow'); choose flag or allow"
+        )
     api_key = args.api_key or os.environ.get(SERVER_API_KEY_ENV) or None
     settings = ServerSettings(
         max_batch_size=args.max_batch_size,
@@ -87,6 +129,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         allow_image_urls=args.allow_image_urls,
         model_name=args.served_model_name,
+        max_memory_bytes=args.max_memory_bytes,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        keep_alive_timeout_s=args.keep_alive_timeout_s,
+        max_connections=args.max_connections,
+        max_header_bytes=args.max_header_bytes,
     )
     if not is_loopback(args.host) and api_key is None:
         print(

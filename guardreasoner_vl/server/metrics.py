@@ -18,6 +18,8 @@ metric                                         type      meaning
 ``guardreasoner_queue_depth_max``              gauge     the highest queue depth seen
 ``guardreasoner_queue_capacity``               gauge     the queue bound (``max_queue``)
 ``guardreasoner_items_in_flight``              gauge     items inside a running engine call
+``guardreasoner_request_memory_bytes``         gauge     bytes of bodies and images reserved now, and ``_peak``
+``guardreasoner_request_memory_limit_bytes``   gauge     the memory budget (``max_memory_bytes``)
 ``guardreasoner_rejected_total``               counter   requests refused before judging, by ``reason``
 ``guardreasoner_errors_total``                 counter   failures by ``kind`` (engine, internal ...)
 ``guardreasoner_info``                         gauge     1, labelled with ``model``, ``backend``, ``version``
@@ -198,6 +200,11 @@ class ServerMetrics:
         self.queue_depth_max = Gauge("guardreasoner_queue_depth_max", "Highest queue depth seen since start.")
         self.queue_capacity = Gauge("guardreasoner_queue_capacity", "Most items allowed to wait (max_queue).")
         self.in_flight = Gauge("guardreasoner_items_in_flight", "Items inside a running engine call.")
+        self.memory = Gauge("guardreasoner_request_memory_bytes", "Bytes of request bodies and images reserved now.")
+        self.memory_peak = Gauge(
+            "guardreasoner_request_memory_peak_bytes", "The most bytes of request bodies and images reserved at once."
+        )
+        self.memory_limit = Gauge("guardreasoner_request_memory_limit_bytes", "The memory budget (max_memory_bytes).")
         self.rejected = Counter(
             "guardreasoner_rejected_total", "Requests refused before judging, by reason.", ("reason",)
         )
@@ -225,6 +232,9 @@ class ServerMetrics:
             self.queue_depth_max,
             self.queue_capacity,
             self.in_flight,
+            self.memory,
+            self.memory_peak,
+            self.memory_limit,
             self.rejected,
             self.errors,
             self.info,

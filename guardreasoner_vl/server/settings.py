@@ -24,12 +24,25 @@ class ServerSettings:
         max_inputs: most inputs in one ``/v1/moderations`` request (a list of strings); at most ``max_queue``.
         max_body_bytes: largest request body; larger bodies get HTTP 413.
         max_image_bytes: largest image (decoded bytes); larger images get HTTP 413.
-        api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <api_key>``.
+        max_memory_bytes: most bytes of request bodies and decoded images held at once, by all requests
+            together (see :mod:`guardreasoner_vl.server.memory`); a request that would never fit gets HTTP 413,
+            one that does not fit now gets HTTP 429.
+        api_key: when set, every endpoint but ``/health`` needs the key, sent as ``Authorization: Bearer <key>``
+            or as ``x-api-key: <key>`` (what LiteLLM's proxy sends).
         allow_image_urls: fetch ``http(s)`` image URLs given by clients (off: only ``data:`` URLs and base64;
             turning it on lets clients make the server fetch URLs).
         model_name: the ``model`` reported in responses (default: the guard's model id).
         close_guard: close the guard (free the model) when the server stops.
         retry_after_s: the ``Retry-After`` header sent with 429 and 503 answers.
+        header_timeout_s: a connection must deliver a request's headers within this many seconds of opening
+            (or of its previous answer); a slower client (slowloris) is disconnected.
+        body_timeout_s: the whole request body must arrive within this many seconds of the headers; a slower
+            one gets HTTP 408 and the connection is closed.
+        keep_alive_timeout_s: an idle keep-alive connection is closed after this many seconds.
+        max_connections: most open connections (and running requests); beyond it new requests get HTTP 503.
+        max_header_bytes: largest request line plus headers; larger ones are refused by the HTTP layer.
+        violation_message: the ``blocked_reason`` of the LiteLLM guardrail endpoint (``{stage}`` becomes
+            ``request`` or ``response``; default: the integrations' standard refusal).
     """
 
     max_batch_size: int = 8
@@ -44,9 +57,27 @@ class ServerSettings:
     model_name: str | None = None
     close_guard: bool = True
     retry_after_s: int = 1
+    max_memory_bytes: int = 2 * 1024 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_timeout_s: int = 5
+    max_connections: int = 128
+    max_header_bytes: int = 16 * 1024
+    violation_message: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_queue", "workers", "max_inputs", "max_body_bytes", "max_image_bytes"):
+        for name in (
+            "max_batch_size",
+            "max_queue",
+            "workers",
+            "max_inputs",
+            "max_body_bytes",
+            "max_image_bytes",
+            "max_memory_bytes",
+            "keep_alive_timeout_s",
+            "max_connections",
+            "max_header_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -58,5 +89,13 @@ class ServerSettings:
             )
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidInputError("api_key is empty; pass None to disable authentication")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidInputError(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
+        if 2 * self.max_body_bytes > self.max_memory_bytes:
+            raise InvalidInputError(
+                f"max_memory_bytes ({self.max_memory_bytes:,}) must be at least twice max_body_bytes "
+                f"({self.max_body_bytes:,}): a body and its parsed JSON are both held while a request runs"
+            )
         if self.retry_after_s < 0:
             raise InvalidInputError("retry_after_s must be 0 or more")

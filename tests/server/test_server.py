@@ -124,8 +124,8 @@ def test_bad_requests_get_clear_400s(tmp_path) -> None:
         err = _error(post("/v1/moderations", json={"input": ["a", {"type": "text", "text": "b"}]}), 400)
         assert "mixes strings and parts" in str(err["message"])
         assert "input is empty" in str(_error(post("/v1/moderations", json={"input": []}), 400)["message"])
-        err = _error(post("/v1/moderations", json={"input": ["ok", "   "]}), 400)
-        assert err["param"] == "input[1]" and "empty" in str(err["message"])
+        err = _error(post("/v1/moderations", json={"input": "   "}), 400)  # one input: its error is the request's
+        assert err["param"] == "input" and "empty" in str(err["message"])
         # A string is never read as a file on the server.
         err = _error(post("/v1/guard", json={"image": str(on_disk)}), 400)
         assert "data: URL" in str(err["message"])
@@ -139,6 +139,22 @@ def test_bad_requests_get_clear_400s(tmp_path) -> None:
         assert backend.calls == []  # nothing bad reached the engine
         assert _error(httpx.get(url + "/v1/nothing"), 404)["code"] == "not_found"
         assert _error(httpx.get(url + "/v1/moderations"), 405)["code"] == "method_not_allowed"
+
+
+def test_a_bad_input_in_a_list_is_its_own_result_and_never_reaches_the_engine() -> None:
+    # Issue 9.3: one bad input no longer fails its neighbours (it used to make the whole request a 400).
+    with running() as (url, backend, _):
+        response = httpx.post(url + "/v1/moderations", json={"input": ["ok", "   ", "a bomb"]})
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [r["guardreasoner"]["status"] for r in results] == ["ok", "invalid_input", "ok"]
+        assert [r["flagged"] for r in results] == [False, True, True]
+        assert "empty" in results[1]["guardreasoner"]["error"]
+        assert [r["guardreasoner"]["reasoning"] for r in (results[0], results[2])] == [
+            "saw: Human user:\nok",
+            "saw: Human user:\na bomb",
+        ]
+        assert backend.batch_sizes == [2]  # only the two good inputs were generated
 
 
 def test_body_and_image_limits_give_413() -> None:
@@ -274,6 +290,7 @@ def test_categories_are_all_present_and_false() -> None:
 def test_each_request_is_prepared_and_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The server prepares a request once and the batch judges that prepared item (no second decode/render)."""
     import PIL.Image
+    import PIL.ImageFile
 
     import guardreasoner_vl.guard as guard_module
 
@@ -288,7 +305,16 @@ def test_each_request_is_prepared_and_decoded_once(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(guard_module, "render_prompt", counting("render", guard_module.render_prompt))
     monkeypatch.setattr(guard_module, "prepare_image", counting("prepare_image", guard_module.prepare_image))
-    monkeypatch.setattr(PIL.Image, "open", counting("decode", PIL.Image.open))
+    # pixel decodes: a load() with tiles still to decode (a header read for the memory budget's estimate
+    # opens the file but decodes nothing; load() on an image already decoded is a no-op)
+    real_load = PIL.ImageFile.ImageFile.load
+
+    def counting_load(self: PIL.ImageFile.ImageFile) -> object:
+        if self.tile:
+            counts["decode"] += 1
+        return real_load(self)
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", counting_load)
     with running() as (url, backend, _):
         image_url = data_url("red", (300, 130))
         out = httpx.post(url + "/v1/guard", json={"text": "what is this?", "image": image_url}, timeout=30)

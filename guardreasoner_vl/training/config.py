@@ -19,7 +19,8 @@ Departures from the paper, and why:
   TRL 1.16 has no prompt truncation for vision prompts, and truncating would cut the image.
 * Mining keeps exactly the samples wrong in every pass (the paper); the released code also kept every
   image-only sample regardless (``keep_image_only: true`` reproduces that) and sub-sampled the pool to
-  12,000 (``cap: 12000``). Both are off by default.
+  12,000 (``cap: 12000``). Both are off by default: the paper's RL set size (about 12K, 20% merged) is set
+  where it is reached, by the augment stage's ``total: 12000`` (9,600 hard + 2,400 merged).
 """
 
 from __future__ import annotations
@@ -203,6 +204,10 @@ class SFTConfig(_StageBase, _DataFields, _TrainerFields):
     image_max_pixels: int = Field(default=SFT_MAX_PIXELS, ge=28 * 28)
     """Images are smart-resized to at most this many pixels (paper: 768x768)."""
     image_min_pixels: int = Field(default=4 * 28 * 28, ge=28 * 28)
+    targets: Literal["reasoning", "label_only"] = "reasoning"
+    """``reasoning``: train on the whole ``<think>...</think><result>...</result>`` target (R-SFT, the paper);
+    ``label_only``: train on the ``<result>`` block built from the gold labels alone (ablation "R-SFT w/o
+    reasoning", plain SFT)."""
     freeze_vision_tower: bool = True
     """Keep the vision encoder (``model.visual`` blocks and patch embedding) frozen (paper)."""
     freeze_projector: bool = True
@@ -274,7 +279,14 @@ class AugmentConfig(_StageBase):
     image_dir: str | None = None
     """Where merged images are written (default: ``<output folder>/merged_images``)."""
     ratio: float = Field(default=0.2, ge=0.0, lt=1.0)
-    """Share of merged samples in the resulting RL set (paper: 20%)."""
+    """Share of merged samples in the resulting RL set (paper: 20%; ``0``: the ablation "w/o data
+    concatenation", the RL set is hard samples only)."""
+    total: int | None = Field(default=12000, ge=1)
+    """Size of the RL set (paper: about 12K, 20% of them merged). It is reached as ``round(total * ratio)``
+    merged rows (2,400) plus ``total - merged`` hard rows (9,600) drawn at random with ``seed`` from the mined
+    pool; a smaller pool is used whole, with ``ratio`` kept (and a warning). ``null``: every mined row plus
+    ``ratio`` merged ones (the set then grows with the pool: 12,000 mined rows gave 15,000 and T = 29
+    rollout rounds instead of the paper's 23)."""
     max_width: int = Field(default=1024, ge=28)
     max_height: int = Field(default=1024, ge=28)
     """Merged images are shrunk to fit in max_width x max_height (paper: 1024x1024)."""
@@ -311,7 +323,8 @@ class RLConfig(_StageBase, _DataFields, _TrainerFields):
     epsilon: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Clip range eps (paper: 0.2); with ``dynamic_clipping`` the bound at step s is eps * prod(1 - i/T)."""
     dynamic_clipping: bool = True
-    """Apply the paper's shrinking clip bound at every step (else a constant ``epsilon``)."""
+    """Apply the paper's shrinking clip bound at every step (``false``: a constant ``epsilon``, the ablation
+    "w/o dynamic clipping")."""
     max_completion_length: int = Field(default=3072, ge=1)
     """Longest rollout in tokens (paper: 3072)."""
     max_prompt_length: int | None = Field(default=3072, ge=16)
@@ -322,13 +335,19 @@ class RLConfig(_StageBase, _DataFields, _TrainerFields):
     actor_batch_size: int | None = Field(default=256, ge=1)
     """Prompts per optimizer step across all processes (paper: 256; the released code used 128)."""
     eco: bool = False
-    """Eco variant: the reward's length cap beta is 1/6 instead of 1 (unless ``reward_beta`` is given)."""
+    """Eco variant: the reward's length cap beta is 1/6 instead of 1 (unless ``reward_beta`` is given); measured in
+    ``length_unit`` (characters by default, as the authors did)."""
     reward_beta: float | None = Field(default=None, gt=0.0, le=1.0)
     """Length cap beta of the reward; ``null``: 1 (standard) or 1/6 (``eco: true``)."""
     reward_max_length: int = Field(default=3072, ge=1)
     """Length normaliser of the reward (l_norm = length / reward_max_length)."""
-    reward_length_unit: Literal["tokens", "chars"] = "tokens"
-    """Unit of the reward's length term (the released code used characters)."""
+    length_unit: Literal["chars", "tokens"] = "chars"
+    """Unit of the reward's length term: ``chars`` (the released EasyR1 reward: ``len(text) / 3072``, Eco capped
+    at 500 characters ~ 3072/6) or ``tokens`` (``len(completion_ids) / reward_max_length``). With tokens the
+    Eco cap binds only above 3072/6 = 512 tokens, while outputs average about 208 tokens, so Eco would train
+    the standard model; with characters it binds above 512 characters (a typical output has ~900)."""
+    reward: Literal["length_aware", "safety"] = "length_aware"
+    """``length_aware``: the paper's reward; ``safety``: the plain r_safety (ablation "w/o length-aware reward")."""
     image_min_pixels: int = Field(default=RL_MIN_PIXELS, ge=28 * 28)
     image_max_pixels: int = Field(default=RL_MAX_PIXELS, ge=28 * 28)
     """Images are resized into [image_min_pixels, image_max_pixels] (paper: [512x512, 2048x2048])."""

@@ -416,6 +416,7 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
         seed=config.seed,
         image_dir=image_dir,
         max_size=(config.max_width, config.max_height),
+        total=config.total,
     )
     save_samples(rows, output)
     merged = sum(1 for r in rows if r.is_merged)
@@ -423,6 +424,7 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
         "hard": len(rows) - merged,
         "merged": merged,
         "total": len(rows),
+        "pool": len(report.samples),
         "output": str(output),
         "image_dir": str(image_dir),
     }

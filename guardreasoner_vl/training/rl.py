@@ -115,7 +115,8 @@ def batch_plan(config: RLConfig, processes: int) -> dict[str, int]:
 
 
 def build_rewards(config: RLConfig) -> tuple[list[Any], list[float]]:
-    """The reward functions and weights: the length-aware reward (weight 1) and its logged components (0)."""
+    """The reward functions and weights: the main reward (weight 1: length-aware, or plain r_safety with
+    ``reward: safety``) and its logged components (weight 0)."""
     from guardreasoner_vl.training.rewards import (
         LengthAwareSafetyReward,
         format_reward,
@@ -124,7 +125,10 @@ def build_rewards(config: RLConfig) -> tuple[list[Any], list[float]]:
     )
 
     main = LengthAwareSafetyReward(
-        beta=config.effective_reward_beta, max_length=config.reward_max_length, unit=config.reward_length_unit
+        beta=config.effective_reward_beta,
+        max_length=config.reward_max_length,
+        unit=config.length_unit,
+        length_aware=config.reward == "length_aware",
     )
     return [main, format_reward, request_accuracy_reward, response_accuracy_reward], [1.0, 0.0, 0.0, 0.0]
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
-from guardreasoner_vl.prompts import IM_END, ModelFamily, detect_family, render_prompt
+from guardreasoner_vl.prompts import IM_END, NO_RESPONSE, ModelFamily, detect_family, render_prompt
 from guardreasoner_vl.training.config import RLConfig, SFTConfig, _TrainerFields
 
 if TYPE_CHECKING:
@@ -643,6 +643,40 @@ class GuardSFTCollator:
 # ------------------------------------------------------------------------------------------------ run
 
 
+def label_only_target(sample: TrainSample) -> str:
+    """The target of the ablation "R-SFT w/o reasoning": the ``<result>`` block of the gold labels, no reasoning.
+
+    Example:
+        >>> from guardreasoner_vl.training.data import TrainSample
+        >>> print(label_only_target(TrainSample(id="a", text="hi", request_label="harmful")))
+        <result>
+        Request: harmful
+        Response: None
+        </result>
+    """
+    response = sample.response_label or NO_RESPONSE
+    return f"<result>\nRequest: {sample.request_label}\nResponse: {response}\n</result>"
+
+
+def training_targets(samples: Sequence[TrainSample], mode: str) -> list[TrainSample]:
+    """The rows with the targets R-SFT trains on: as loaded (``reasoning``) or label-only (``label_only``).
+
+    Raises:
+        InvalidInputError: an unknown mode, or (``reasoning``) rows without a target.
+    """
+    if mode == "label_only":
+        return [s.model_copy(update={"target": label_only_target(s)}) for s in samples]
+    if mode != "reasoning":
+        raise InvalidInputError(f"targets must be 'reasoning' or 'label_only', got {mode!r}")
+    missing = [s.id for s in samples if not s.target]
+    if missing:
+        raise InvalidInputError(
+            f"{len(missing)} rows have no target (reasoning + result), e.g. {missing[:3]}; R-SFT needs one per row "
+            "(or set targets: label_only to train on the labels alone)"
+        )
+    return list(samples)
+
+
 def _fits(collator: GuardSFTCollator, samples: list[TrainSample], config: SFTConfig) -> tuple[list[TrainSample], int]:
     kept: list[TrainSample] = []
     dropped = 0
@@ -700,11 +734,7 @@ def run_sft(
     family = model_family(config.model)
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     samples, counts = load_training_samples(config)
-    missing = [s.id for s in samples if not s.target]
-    if missing:
-        raise InvalidInputError(
-            f"{len(missing)} rows have no target (reasoning + result), e.g. {missing[:3]}; R-SFT needs one per row"
-        )
+    samples = training_targets(samples, config.targets)
     if family is ModelFamily.TEXT and any(s.image for s in samples):
         raise InvalidInputError(f"{config.model} is a text-only model; the data has image rows")
 

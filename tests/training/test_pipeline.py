@@ -91,7 +91,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_vl_path: Path, rows_write
             "max_completion_length=8",
             "learning_rate=1e-2",
             "weight_decay=0.0",  # so that any change of the weights comes from the policy gradient
-            "reward_length_unit=chars",  # random tokens differ in characters: rewards vary inside a group
+            "length_unit=chars",  # random tokens differ in characters: rewards vary inside a group
             "reward_max_length=64",
             "save_steps=4",
             "logging_steps=1",

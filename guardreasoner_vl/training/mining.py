@@ -350,7 +350,7 @@ def run_mining(config: MiningConfig, *, guard: Guard | None = None, progress: Pr
     """
     from guardreasoner_vl.guard import Guard
     from guardreasoner_vl.inputs import InputLimits
-    from guardreasoner_vl.training.sft import load_training_samples
+    from guardreasoner_vl.training.common import load_training_samples
 
     if not config.output_dir:
         raise InvalidInputError("set output_dir (pass files, hard.jsonl and report.json go there)")

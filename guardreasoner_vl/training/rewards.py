@@ -293,9 +293,7 @@ class LengthAwareSafetyReward:
 
     def __repr__(self) -> str:
         plain = "" if self.length_aware else ", length_aware=False"
-        return (
-            f"LengthAwareSafetyReward(beta={self.beta:g}, max_length={self.max_length}, unit={self.unit!r}{plain})"
-        )
+        return f"LengthAwareSafetyReward(beta={self.beta:g}, max_length={self.max_length}, unit={self.unit!r}{plain})"
 
     def breakdown(
         self, completions: Sequence[Any], completion_ids: Sequence[Any] | None = None, **kwargs: Any

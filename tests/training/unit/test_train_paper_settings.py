@@ -115,7 +115,9 @@ def test_no_concatenation_ablation_writes_hard_rows_only(tmp_path: Path):
 
 def test_label_only_targets_replace_the_reasoning():
     rows = [
-        TrainSample(id="a", text="q", request_label="harmful", target="<think>x</think><result>Request: harmful</result>"),
+        TrainSample(
+            id="a", text="q", request_label="harmful", target="<think>x</think><result>Request: harmful</result>"
+        ),
         TrainSample(id="b", text="q", response="r", request_label="unharmful", response_label="harmful"),
     ]
     assert SFTConfig().targets == "reasoning"

@@ -8,8 +8,8 @@ What runs (all through ``guardreasoner_vl.training``, the real TRL trainers and 
    output layout (``<think>...</think><result>Request: ...\\nResponse: ...</result>``, what the reward and the
    format check read). Labels: the gold label of the benchmark's task; request labels of the response
    benchmarks are the 1B model's own verdicts (the files carry no gold for them). XSTestResponseRefusal
-   (the refusal task) is left out, and so are rows whose request + response exceed 1,500 characters (CPU
-   time). A seeded split gives ``--train`` training rows and ``--eval`` held-out rows.
+   (the refusal task) is left out, and so are rows whose request + response exceed ``--max-input-chars``
+   (CPU time). A seeded split gives ``--train`` training rows and ``--eval`` held-out rows.
 2. Model: a small random-initialised Llama of the text family's architecture (``testing.build_tiny_text_model``
    with ``--hidden`` width, re-initialised with the usual 0.02 std), BPE tokenizer.
 3. R-SFT (``run_sft``), then hard-sample mining (``mine_hard_samples``, ``--passes`` sampled passes over the
@@ -25,8 +25,8 @@ Printed: the learning curves (R-SFT loss; GRPO reward, reward std, completion le
 Eco) and the held-out table; saved: ``curves.png``, ``heldout.png`` and ``results.json`` in ``--out``.
 Nothing is asserted: this shows what moves, it is not a test.
 
-    python bench/bench_recipe.py --quick          # ~3-5 minutes on 2 CPU cores
-    python bench/bench_recipe.py                  # ~15-20 minutes
+    python bench/bench_recipe.py --quick          # a few minutes on 2 free cores (~10 on a busy shared machine)
+    python bench/bench_recipe.py                  # ~15-20 minutes on 2 free cores
     python bench/bench_recipe.py --train 400 --sft-steps 400 --rl-steps 24
 """
 
@@ -55,24 +55,53 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 cores")
     p.add_argument("--data", type=Path, default=DATA, help="the predictions-1B folder")
     p.add_argument("--out", type=Path, default=None, help="folder for plots and results.json (default: a temp dir)")
-    p.add_argument("--train", type=int, default=None, help="training rows (quick 160, full 480)")
-    p.add_argument("--eval", type=int, default=None, help="held-out rows (quick 48, full 96)")
+    p.add_argument("--train", type=int, default=None, help="training rows (quick 64, full 320)")
+    p.add_argument("--eval", type=int, default=None, help="held-out rows (quick 24, full 64)")
     p.add_argument("--hidden", type=int, default=None, help="model width (quick 128, full 256)")
-    p.add_argument("--reasoning-chars", type=int, default=240, help="reasoning kept per target (characters)")
-    p.add_argument("--sft-steps", type=int, default=None, help="R-SFT optimizer steps (quick 120, full 400)")
+    p.add_argument("--reasoning-chars", type=int, default=None, help="reasoning kept per target (quick 160, full 240)")
+    p.add_argument(
+        "--max-input-chars", type=int, default=None, help="longest request + response (quick 600, full 1500)"
+    )
+    p.add_argument("--sft-batch", type=int, default=None, help="R-SFT batch (quick 4, full 8)")
+    p.add_argument("--sft-steps", type=int, default=None, help="R-SFT optimizer steps (quick 60, full 300)")
     p.add_argument("--sft-lr", type=float, default=2e-3)
     p.add_argument("--passes", type=int, default=None, help="mining passes (quick 2, full 4 as in the paper)")
-    p.add_argument("--rl-set", type=int, default=None, help="RL set size, 20%% merged (quick 40, full 120)")
-    p.add_argument("--rl-steps", type=int, default=None, help="GRPO optimizer steps per run (quick 6, full 16)")
+    p.add_argument("--rl-set", type=int, default=None, help="RL set size, 20%% merged (quick 16, full 60)")
+    p.add_argument("--rl-steps", type=int, default=None, help="GRPO optimizer steps per run (quick 4, full 12)")
     p.add_argument("--generations", type=int, default=4, help="G, rollouts per prompt")
     p.add_argument("--rl-lr", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=1.2)
-    p.add_argument("--max-new-tokens", type=int, default=160, help="generation budget (eval, mining, rollouts)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (quick 96, full 160)")
     p.add_argument("--reward-max-length", type=int, default=1000, help="reward length normaliser (characters)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
-    quick = {"train": 160, "eval": 48, "hidden": 128, "sft_steps": 120, "passes": 2, "rl_set": 40, "rl_steps": 6}
-    full = {"train": 480, "eval": 96, "hidden": 256, "sft_steps": 400, "passes": 4, "rl_set": 120, "rl_steps": 16}
+    quick = {
+        "train": 64,
+        "eval": 24,
+        "hidden": 128,
+        "sft_steps": 60,
+        "sft_batch": 4,
+        "passes": 2,
+        "rl_set": 16,
+        "rl_steps": 4,
+        "max_new_tokens": 96,
+        "reasoning_chars": 160,
+        "max_input_chars": 600,
+    }
+    full = {
+        "train": 320,
+        "eval": 64,
+        "hidden": 256,
+        "sft_steps": 300,
+        "sft_batch": 8,
+        "passes": 4,
+        "rl_set": 60,
+        "rl_steps": 12,
+        "max_new_tokens": 160,
+        "reasoning_chars": 240,
+        "max_input_chars": 1500,
+    }
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -123,14 +152,16 @@ def load_rows(folder: Path, *, reasoning_chars: int, max_input_chars: int = 1500
                     continue
                 request, response_label = said.value, label
             rows.append(
-                TrainSample(
-                    id=f"{name}-{number}",
-                    text=text,
-                    response=response,
-                    request_label=request,
-                    response_label=response_label,
-                    target=format_target(reasoning, request, response_label),
-                    source=name,
+                TrainSample.model_validate(
+                    {
+                        "id": f"{name}-{number}",
+                        "text": text,
+                        "response": response,
+                        "request_label": request,
+                        "response_label": response_label,
+                        "target": format_target(reasoning, request, response_label),
+                        "source": name,
+                    }
                 )
             )
     return rows
@@ -247,13 +278,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from guardreasoner_vl.training.augment import augment
     from guardreasoner_vl.training.mining import mine_hard_samples
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One thread by default: on a shared 2-core machine, more threads thrash (a 7x slower generation measured).
+    torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-recipe-"))
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    rows = load_rows(args.data, reasoning_chars=args.reasoning_chars)
+    rows = load_rows(args.data, reasoning_chars=args.reasoning_chars, max_input_chars=args.max_input_chars)
     rng = random.Random(args.seed)
     rng.shuffle(rows)
     held_out, train = rows[: args.eval], rows[args.eval : args.eval + args.train]
@@ -272,12 +304,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model=str(base),
             data=[str(out / "train.jsonl")],
             output_dir=str(out / "sft"),
-            global_batch_size=8,
+            global_batch_size=args.sft_batch,
             max_length=1024,
             seed=args.seed,
             trl={
                 **_common_trl(max(1, args.sft_steps // 30)),
-                "per_device_train_batch_size": 8,
+                "per_device_train_batch_size": args.sft_batch,
                 "max_steps": args.sft_steps,
                 "learning_rate": args.sft_lr,
                 "lr_scheduler_type": "cosine",

@@ -357,6 +357,10 @@ def run_sft(
     if not samples:
         raise InvalidInputError(f"no row fits in max_length={config.max_length} tokens")
     rows = [s.model_dump(mode="json") for s in samples]
+    if family is ModelFamily.TEXT:
+        # TRL 1.16's SFTTrainer takes any dataset with an "image" column for a vision one and refuses a text model.
+        for row in rows:
+            del row["image"]
     dataset = datasets.Dataset.from_list(rows)
 
     model = load_model(config, family)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,9 @@ def test_rl_set_is_the_papers_twelve_thousand():
 
 def _hard_pool(n: int) -> list[TrainSample]:
     labels = ("harmful", "unharmful")
-    return [TrainSample(id=f"h{i}", text=f"request {i}", request_label=labels[i % 2]) for i in range(n)]
+    return [
+        TrainSample.model_validate({"id": f"h{i}", "text": f"q{i}", "request_label": labels[i % 2]}) for i in range(n)
+    ]
 
 
 def test_augment_draws_the_pool_down_to_the_total(tmp_path: Path):
@@ -141,7 +144,7 @@ def test_dynamic_clipping_and_rl_without_sft_are_config_values(tmp_path: Path):
     assert config.model == "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
-def _record(system: str | None) -> dict[str, object]:
+def _record(system: str | None) -> dict[str, Any]:
     turns = [
         {"role": "user", "content": "Human user:\nhello\n\nAI assistant:\nNone\n"},
         {"role": "assistant", "content": "<think>fine</think><result>Request: unharmful\nResponse: None</result>"},

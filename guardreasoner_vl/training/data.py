@@ -48,6 +48,7 @@ from guardreasoner_vl.parsing import parse_output
 from guardreasoner_vl.prompts import (
     IMAGE_MARKER,
     NO_RESPONSE,
+    VL_INSTRUCTION,
     ModelFamily,
     RenderedPrompt,
     chat_messages,

@@ -204,9 +204,9 @@ def main() -> int:
     data = write_rows(work / "data")
     common = [
         f"model_dtype={args.model_dtype}",
-        "report_to=none",
-        "logging_steps=1",
-        f"use_cpu={'false' if cuda else 'true'}",
+        "trl.report_to=none",
+        "trl.logging_steps=1",
+        f"trl.use_cpu={'false' if cuda else 'true'}",
         f"bf16={'true' if cuda else 'false'}",
         "save_final_model=false",
     ]
@@ -222,10 +222,10 @@ def main() -> int:
             f"model={model}",
             f"data={data}",
             f"output_dir={work / 'sft'}",
-            f"max_steps={args.sft_steps}",
-            "per_device_train_batch_size=2",
+            f"trl.max_steps={args.sft_steps}",
+            "trl.per_device_train_batch_size=2",
             "global_batch_size=2",
-            "save_steps=100000",
+            "trl.save_steps=100000",
         ],
     )
     sft = run_sft(sft_cfg, callbacks=[timer.callback])
@@ -252,13 +252,13 @@ def main() -> int:
             f"model={model}",
             f"data={data}",
             f"output_dir={work / 'rl'}",
-            f"max_steps={args.rl_steps}",
-            f"num_generations={args.generations}",
-            f"per_device_train_batch_size={args.generations}",
+            f"trl.max_steps={args.rl_steps}",
+            f"trl.num_generations={args.generations}",
+            f"trl.per_device_train_batch_size={args.generations}",
             "rollout_batch_size=1",
             "actor_batch_size=1",
-            f"max_completion_length={args.completion_tokens}",
-            "save_steps=100000",
+            f"trl.max_completion_length={args.completion_tokens}",
+            "trl.save_steps=100000",
         ],
     )
     rl = run_rl(rl_cfg, callbacks=[timer.callback])

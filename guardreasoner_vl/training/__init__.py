@@ -10,7 +10,10 @@ Modules:
     rewards: the length-aware safety reward and its components, as TRL reward functions.
     clipping: the dynamic clip schedule and a ``GRPOTrainer`` that applies it at every loss call.
     processing: the Qwen2.5-VL processor without torchvision.
-    config, sft, mining, rl, cli: typed configs, the trainers and the ``train`` commands.
+    config: typed stage configs (``SFTConfig``, ``MiningConfig``, ``AugmentConfig``, ``RLConfig``, ``load_config``).
+    sft, rl: the two TRL stages (``run_sft``, ``run_rl``); mining: ``run_mining``, ``run_augment``.
+    common: what the two TRL stages share (TRL config from the ``trl`` mapping, resume, saving for Guard).
+    cli: the ``train`` commands.
 
 Where each module departs from the paper (and from the released code) is written at its top.
 """
@@ -21,15 +24,25 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "AugmentConfig",
     "LengthAwareSafetyReward",
     "LoadReport",
+    "MiningConfig",
+    "RLConfig",
+    "SFTConfig",
+    "TrainResult",
     "TrainSample",
     "concatenate",
     "dynamic_clip_epsilon",
     "format_reward",
+    "load_config",
     "load_samples",
     "request_accuracy_reward",
     "response_accuracy_reward",
+    "run_augment",
+    "run_mining",
+    "run_rl",
+    "run_sft",
     "save_samples",
     "to_rl_record",
     "to_sft_record",
@@ -48,6 +61,16 @@ _LAZY = {
     "request_accuracy_reward": "rewards",
     "response_accuracy_reward": "rewards",
     "dynamic_clip_epsilon": "clipping",
+    "SFTConfig": "config",
+    "MiningConfig": "config",
+    "AugmentConfig": "config",
+    "RLConfig": "config",
+    "load_config": "config",
+    "TrainResult": "common",
+    "run_sft": "sft",
+    "run_rl": "rl",
+    "run_mining": "mining",
+    "run_augment": "mining",
 }
 
 

@@ -5,7 +5,9 @@ padded with white at the bottom to the taller height, then the row shrunk to fit
 :func:`guardreasoner_vl.inputs.merge_images`), a text-only partner keeps the other's image, and the labels
 are OR-combined: the merged request is harmful if either request is, and likewise the response.
 :func:`augment` adds merged samples to a pool of hard samples until they make up ``ratio`` of the result
-(20% in the paper), choosing the pairs with a seeded generator so a run is reproducible.
+(20% in the paper), choosing the pairs with a seeded generator so a run is reproducible. With ``total`` (the
+augment stage's default 12,000, the paper's RL set) the pool is first drawn down to ``total * (1 - ratio)``
+hard rows, so the set holds 9,600 hard + 2,400 merged rows whatever the mining pool's size.
 
 Where this departs from the paper and the released code, and why:
 
@@ -36,7 +38,7 @@ from guardreasoner_vl.errors import InvalidInputError
 from guardreasoner_vl.inputs import load_image, merge_images
 from guardreasoner_vl.training.data import TrainSample
 
-__all__ = ["DEFAULT_RATIO", "augment", "concatenate", "merged_count"]
+__all__ = ["DEFAULT_RATIO", "augment", "concatenate", "merged_count", "rl_set_sizes"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,35 @@ def merged_count(n_samples: int, ratio: float) -> int:
     return math.floor(ratio * n_samples / (1 - ratio) + 0.5)
 
 
+def rl_set_sizes(available: int, total: int | None, ratio: float) -> tuple[int, int]:
+    """``(hard rows, merged rows)`` of an RL set of ``total`` rows, ``ratio`` of them merged, from a pool of
+    ``available`` hard samples. ``total=None`` or a pool smaller than ``total - round(total * ratio)``: the
+    whole pool and :func:`merged_count` merged rows.
+
+    Example:
+        >>> rl_set_sizes(15000, 12000, 0.2), rl_set_sizes(5000, 12000, 0.2), rl_set_sizes(15000, None, 0.2)
+        ((9600, 2400), (5000, 1250), (15000, 3750))
+    """
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
+        raise InvalidInputError(f"total must be a positive integer or None, got {total!r}")
+    n_merged = merged_count(available, ratio)  # validates ratio
+    if total is None:
+        return available, n_merged
+    want_merged = math.floor(total * ratio + 0.5)
+    want_hard = total - want_merged
+    if available >= want_hard:
+        return want_hard, want_merged
+    logger.warning(
+        "augment: only %d hard samples for an RL set of %d (%d hard + %d merged); using all of them and %d merged",
+        available,
+        total,
+        want_hard,
+        want_merged,
+        n_merged,
+    )
+    return available, n_merged
+
+
 def augment(
     hard: Sequence[TrainSample],
     *,
@@ -138,6 +169,7 @@ def augment(
     seed: int = 0,
     image_dir: str | os.PathLike[str],
     max_size: tuple[int, int] = (1024, 1024),
+    total: int | None = None,
 ) -> list[TrainSample]:
     """Build the RL set: the hard samples plus merged pairs of them, the merged ones ``ratio`` of the result.
 
@@ -147,9 +179,11 @@ def augment(
         seed: seed of the pair choice; the same inputs and seed give the same rows and images.
         image_dir: where merged images are written.
         max_size: bound of a merged image.
+        total: size of the RL set (see :func:`rl_set_sizes`): the hard rows are then a seeded random draw
+            of ``total - round(total * ratio)`` rows of ``hard``, kept in their order; ``None``: all of them.
 
     Returns:
-        The RL set: ``hard`` in its order, followed by the merged samples.
+        The RL set: the (drawn) hard samples in their order, followed by the merged samples.
 
     Raises:
         InvalidInputError: bad ratio, duplicate ids, or more merged samples asked than distinct pairs exist.
@@ -159,14 +193,17 @@ def augment(
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InvalidInputError(f"duplicate sample id {dup!r}: augmentation needs unique ids")
-    n_merged = merged_count(len(samples), ratio)
+    rng = random.Random(seed)
+    n_hard, n_merged = rl_set_sizes(len(samples), total, ratio)
+    if n_hard < len(samples):
+        keep = set(rng.sample(range(len(samples)), n_hard))
+        samples = [s for i, s in enumerate(samples) if i in keep]
     n_pairs = len(samples) * (len(samples) - 1) // 2
     if n_merged > n_pairs:
         raise InvalidInputError(
             f"{n_merged} merged samples asked from {len(samples)} samples, which form only {n_pairs} distinct pairs; "
             "lower the ratio or give more samples"
         )
-    rng = random.Random(seed)
     chosen: list[tuple[int, int]] = []
     seen: set[tuple[int, int]] = set()
     while len(chosen) < n_merged:

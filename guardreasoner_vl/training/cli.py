@@ -27,7 +27,8 @@ _STAGES = {
     "sft": (
         "stage 1, R-SFT: supervised fine-tuning on reasoning + result targets (TRL SFTTrainer)",
         "paper defaults: lr 5e-5 cosine, no warmup, 3 epochs, global batch 192, cutoff 2048 tokens, bf16 on GPU, "
-        "grad clip 1.0, images capped at 768x768, vision tower and projector frozen; finetuning=full|lora.",
+        "grad clip 1.0, images capped at 768x768, vision tower and projector frozen; finetuning=full|lora. "
+        "TRL's own settings under trl. (trl.learning_rate=1e-5). Ablation: targets=label_only.",
     ),
     "mine": (
         "hard-sample mining: k sampled passes of a model, keep the samples wrong in every pass (resumable)",
@@ -37,13 +38,15 @@ _STAGES = {
     "augment": (
         "safety-aware concatenation: merge pairs of hard samples into the RL set",
         "paper defaults: merged samples are 20% of the RL set (ratio=0.2); texts joined with a space, images "
-        "side by side (white padding) fit in 1024x1024, labels OR-combined.",
+        "side by side (white padding) fit in 1024x1024, labels OR-combined; RL set of total=12000 rows "
+        "(9,600 hard + 2,400 merged). Ablation: ratio=0 (no concatenation).",
     ),
     "rl": (
         "stage 2, GRPO with the length-aware safety reward and dynamic clipping (TRL GRPOTrainer)",
         "paper defaults: G=16, temperature 1.2, lr 1e-6 constant, weight decay 1e-2, no KL, max completion 3072, "
-        "1 epoch, eps 0.2 dynamic clipping, reward beta 1 (eco=true: 1/6), rollout batch 512 / actor batch 256 "
-        "prompts, images in [512x512, 2048x2048], vision tower trained; use_vllm=true for vLLM rollouts.",
+        "1 epoch, eps 0.2 dynamic clipping, reward beta 1 (eco=true: 1/6) with length in characters "
+        "(length_unit=chars), rollout batch 512 / actor batch 256 prompts, images in [512x512, 2048x2048], vision "
+        "tower trained; trl.use_vllm=true for vLLM rollouts. Ablations: reward=safety, dynamic_clipping=false.",
     ),
 }
 

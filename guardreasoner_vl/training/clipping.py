@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from guardreasoner_vl.errors import InvalidInputError, require
+from guardreasoner_vl.training.common import lazy_classes, trl_subclass
 
 __all__ = [  # noqa: F822 (DynamicClipGRPOTrainer is built on first access, see __getattr__)
     "DynamicClipGRPOTrainer",
@@ -87,10 +88,8 @@ def dynamic_clip_schedule(total_steps: int, eps: float = 0.2) -> list[float]:
     return [dynamic_clip_epsilon(s, total_steps, eps) for s in range(1, total_steps + 1)]
 
 
-_TRAINER_CLASS: type | None = None
-
-
-def _build_trainer_class() -> type:
+@trl_subclass
+def _clip_trainer_class() -> type:
     trl = require("trl", "train", feature="dynamic clipping")
     base = trl.GRPOTrainer
 
@@ -143,17 +142,8 @@ def _build_trainer_class() -> type:
                 metrics["clip/epsilon_high"].append(self.epsilon_high)
             return super()._compute_loss(model, inputs)
 
-    DynamicClipGRPOTrainer.__module__ = __name__
-    DynamicClipGRPOTrainer.__qualname__ = "DynamicClipGRPOTrainer"
     return DynamicClipGRPOTrainer
 
 
-def __getattr__(name: str) -> Any:
-    # The trainer subclasses trl.GRPOTrainer, so it is built on first use: importing this module stays light.
-    global _TRAINER_CLASS
-    if name == "DynamicClipGRPOTrainer":
-        if _TRAINER_CLASS is None:
-            _TRAINER_CLASS = _build_trainer_class()
-            globals()["DynamicClipGRPOTrainer"] = _TRAINER_CLASS
-        return _TRAINER_CLASS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The trainer subclasses trl.GRPOTrainer, so it is built on first use: importing this module stays light.
+__getattr__ = lazy_classes(__name__, DynamicClipGRPOTrainer=_clip_trainer_class)

@@ -3,11 +3,14 @@
 One pydantic model per stage: :class:`SFTConfig` (R-SFT), :class:`MiningConfig` (hard-sample mining),
 :class:`AugmentConfig` (safety-aware concatenation) and :class:`RLConfig` (GRPO). They are loaded from
 YAML (:func:`load_config`) and changed with ``key=value`` overrides (``lora.r=32``,
-``report_to=[tensorboard]``; values are read as YAML). Unknown keys are errors that name the closest
+``trl.report_to=[tensorboard]``; values are read as YAML). Unknown keys are errors that name the closest
 allowed key, so a typo never silently trains with a default.
 
-Only our own fields are typed here; anything else TRL's ``SFTConfig``/``GRPOConfig`` accepts can be
-passed through ``trl_args`` (TRL validates it).
+Only our own fields are typed here (data, model, what the paper's method adds: global batches, the reward,
+dynamic clipping, image bounds, freezing, ablation switches). TRL's own settings (learning rate, epochs,
+``num_generations``, ``temperature``, ``epsilon``, logging, vLLM ...) sit in one ``trl:`` mapping that is
+passed to TRL's ``SFTConfig``/``GRPOConfig``, which validate it; the paper's values are its defaults
+(``TRL_DEFAULTS`` of each stage) and a given mapping is laid over them key by key.
 
 Departures from the paper, and why:
 
@@ -19,16 +22,18 @@ Departures from the paper, and why:
   TRL 1.16 has no prompt truncation for vision prompts, and truncating would cut the image.
 * Mining keeps exactly the samples wrong in every pass (the paper); the released code also kept every
   image-only sample regardless (``keep_image_only: true`` reproduces that) and sub-sampled the pool to
-  12,000 (``cap: 12000``). Both are off by default.
+  12,000 (``cap: 12000``). Both are off by default: the paper's RL set size (about 12K, 20% merged) is set
+  where it is reached, by the augment stage's ``total: 12000`` (9,600 hard + 2,400 merged).
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -103,8 +108,25 @@ class _DataFields(_Strict):
         return value
 
 
+RESERVED_TRL_KEYS: dict[str, str] = {
+    "output_dir": "set output_dir at the top level",
+    "seed": "set seed at the top level",
+    "bf16": "set bf16 at the top level (true, false or auto)",
+    "resume_from_checkpoint": "set resume_from_checkpoint at the top level",
+    "reward_weights": "the stage sets the reward weights (main reward 1, logged components 0)",
+    "remove_unused_columns": "the stage needs every dataset column",
+    "dataset_kwargs": "the stage prepares its own dataset",
+    "max_length": "set max_length at the top level (the collator's cutoff; the prompt is never cut)",
+    "max_prompt_length": "set max_prompt_length at the top level (over-long prompts are dropped, never cut)",
+}
+"""TRL fields the stages set themselves, so a ``trl:`` mapping may not give them (with what to do instead)."""
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 class _TrainerFields(_Strict):
-    """Fields shared by the two TRL trainers (R-SFT and GRPO)."""
+    """Fields shared by the two TRL trainers (R-SFT and GRPO): only ours; TRL's own settings go in ``trl``."""
 
     model: str = ""
     """Base checkpoint: a directory or a Hub id (R-SFT: Qwen2.5-VL-3B/7B-Instruct; RL: the R-SFT output)."""
@@ -114,57 +136,25 @@ class _TrainerFields(_Strict):
     """Full fine-tuning (the paper) or a LoRA adapter (merged into the final model)."""
     lora: LoraSettings = LoraSettings()
     """LoRA settings, used when ``finetuning: lora``."""
-    per_device_train_batch_size: int = Field(default=1, ge=1)
-    """Micro-batch per process (R-SFT: sequences; RL: completions)."""
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    """Used only when the global batch fields are ``null``."""
-    num_train_epochs: float = Field(default=1.0, gt=0)
-    """Passes over the data."""
-    max_steps: int = -1
-    """Stop after this many optimizer steps (overrides ``num_train_epochs`` when > 0)."""
-    learning_rate: float = Field(default=5e-5, gt=0)
-    lr_scheduler_type: str = "constant"
-    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    """Gradient-norm clipping."""
     bf16: bool | Literal["auto"] = "auto"
     """bfloat16 mixed precision; ``auto``: on when a CUDA GPU with bf16 is present (never on CPU)."""
     model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype of the weights being trained: float32 master weights with bf16 autocast (default, like DeepSpeed's
     bf16 mode), or bfloat16 weights (half the memory; tiny updates such as RL's lr 1e-6 may round away)."""
-    gradient_checkpointing: bool = True
-    """Trade compute for memory (needed for 7B on 80 GB cards)."""
     attn_implementation: str | None = "sdpa"
     """``sdpa``, ``flash_attention_2`` (GPU), ``eager``."""
-    logging_steps: int = Field(default=10, ge=1)
-    save_steps: int = Field(default=500, ge=1)
-    """Write ``checkpoint-N`` every this many optimizer steps."""
-    save_total_limit: int | None = Field(default=None, ge=1)
-    """Keep at most this many checkpoints (oldest deleted)."""
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
-    """TRL/transformers loggers: ``tensorboard`` (logs in ``output_dir/runs``), ``wandb``, ``none``."""
     resume_from_checkpoint: str | bool | None = None
     """``true``: resume from the last ``checkpoint-N`` in ``output_dir``; a path: from that checkpoint;
     ``auto``: resume when a checkpoint exists, else start; ``null``: start fresh."""
-    dataloader_num_workers: int = Field(default=0, ge=0)
-    use_cpu: bool = False
-    """Train on CPU even when a GPU is visible (tests, debugging)."""
-    deepspeed: str | None = None
-    """A DeepSpeed JSON config (usually given through the accelerate config instead)."""
     save_final_model: bool = True
     """Save the final model (LoRA merged) in the Hub layout :class:`~guardreasoner_vl.Guard` loads, in ``final/``."""
-    trl_args: dict[str, Any] = Field(default_factory=dict)
-    """Any other TRL ``SFTConfig``/``GRPOConfig`` argument, passed through unchanged."""
+    trl: dict[str, Any] = Field(default_factory=dict)
+    """TRL's own settings, passed to ``trl.SFTConfig`` / ``trl.GRPOConfig`` which validate them (an unknown key
+    or a bad value is an error naming the key). The stage's paper values are the defaults (see the class's
+    ``TRL_DEFAULTS``); a mapping given here is laid over them key by key, and ``null`` leaves a key to TRL's
+    own default. Example: ``trl: {learning_rate: 1.0e-5, logging_steps: 1}``, or ``trl.max_steps=10``."""
 
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _report_list(cls, value: object) -> object:
-        if value is None:
-            return ["none"]
-        if isinstance(value, str):
-            return [value]
-        return value
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     @field_validator("resume_from_checkpoint", mode="before")
     @classmethod
@@ -175,44 +165,87 @@ class _TrainerFields(_Strict):
             return None
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_over_defaults(cls, data: object) -> object:
+        if not isinstance(data, Mapping):
+            return data
+        given = data.get("trl") or {}
+        if not isinstance(given, Mapping) or not all(isinstance(k, str) for k in given):
+            raise ValueError(f"trl must be a mapping of TRL config fields, got {type(given).__name__}")
+        for key in given:
+            if key in RESERVED_TRL_KEYS:
+                raise ValueError(f"trl.{key} is set by the stage: {RESERVED_TRL_KEYS[key]}")
+        # YAML 1.1 reads 1e-5 (no dot) as a string; TRL's dataclasses would not convert it.
+        given = {k: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v.strip()) else v for k, v in given.items()}
+        return {**data, "trl": {**cls.TRL_DEFAULTS, **given}}
+
+    def trl_value(self, key: str, default: Any = None) -> Any:
+        """``trl[key]``, or ``default`` when absent or ``null``."""
+        value = self.trl.get(key)
+        return default if value is None else value
+
+    def trl_int(self, key: str) -> int:
+        """``trl[key]`` as a positive integer (the batch plan needs it), else an error saying so."""
+        value = self.trl.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"trl.{key} must be a positive integer (the batch plan reads it), got {value!r}")
+        return value
+
 
 class SFTConfig(_StageBase, _DataFields, _TrainerFields):
     """Stage 1, R-SFT: supervised fine-tuning on reasoning + result targets (paper section 5.2 defaults).
 
     Example:
         >>> cfg = SFTConfig(model="Qwen/Qwen2.5-VL-3B-Instruct", data=["train.jsonl"], output_dir="out/sft")
-        >>> cfg.learning_rate, cfg.lr_scheduler_type, cfg.num_train_epochs, cfg.max_length
+        >>> cfg.trl["learning_rate"], cfg.trl["lr_scheduler_type"], cfg.trl["num_train_epochs"], cfg.max_length
         (5e-05, 'cosine', 3.0, 2048)
     """
 
     stage: Literal["sft"] = "sft"
-    learning_rate: float = Field(default=5e-5, gt=0)
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
-    num_train_epochs: float = Field(default=3.0, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    per_device_train_batch_size: int = Field(default=6, ge=1)
-    gradient_accumulation_steps: int = Field(default=8, ge=1)
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "learning_rate": 5e-5,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.0,
+        "num_train_epochs": 3.0,
+        "max_steps": -1,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "per_device_train_batch_size": 6,
+        "gradient_checkpointing": True,
+        "logging_steps": 10,
+        "save_steps": 500,
+        "report_to": ["tensorboard"],
+    }
+    """The paper's R-SFT settings (section 5.2), laid under the ``trl`` mapping."""
     global_batch_size: int | None = Field(default=192, ge=1)
     """Sequences per optimizer step across all processes (paper: 6 x 8 accumulation x 4 GPUs = 192).
-    Gradient accumulation is derived from it; ``null`` uses ``gradient_accumulation_steps`` as given."""
+    Gradient accumulation is derived from it; ``null`` uses ``trl.gradient_accumulation_steps`` as given."""
     max_length: int = Field(default=2048, ge=16)
     """Cutoff in tokens (prompt with image tokens + target). Longer targets are cut at the end; rows whose
     prompt alone does not fit are dropped and counted."""
     image_max_pixels: int = Field(default=SFT_MAX_PIXELS, ge=28 * 28)
     """Images are smart-resized to at most this many pixels (paper: 768x768)."""
     image_min_pixels: int = Field(default=4 * 28 * 28, ge=28 * 28)
+    targets: Literal["reasoning", "label_only"] = "reasoning"
+    """``reasoning``: train on the whole ``<think>...</think><result>...</result>`` target (R-SFT, the paper);
+    ``label_only``: train on the ``<result>`` block built from the gold labels alone (ablation "R-SFT w/o
+    reasoning", plain SFT)."""
     freeze_vision_tower: bool = True
     """Keep the vision encoder (``model.visual`` blocks and patch embedding) frozen (paper)."""
     freeze_projector: bool = True
     """Keep the vision-language projector (``model.visual.merger``) frozen (paper)."""
-    save_steps: int = Field(default=500, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
         if self.image_min_pixels > self.image_max_pixels:
             raise ValueError("image_min_pixels must not exceed image_max_pixels")
+        if self.global_batch_size is not None and self.trl.get("gradient_accumulation_steps") is not None:
+            raise ValueError(
+                "trl.gradient_accumulation_steps is derived from global_batch_size; set global_batch_size: null "
+                "to give it yourself"
+            )
+        self.trl_int("per_device_train_batch_size")
         return self
 
 
@@ -274,7 +307,14 @@ class AugmentConfig(_StageBase):
     image_dir: str | None = None
     """Where merged images are written (default: ``<output folder>/merged_images``)."""
     ratio: float = Field(default=0.2, ge=0.0, lt=1.0)
-    """Share of merged samples in the resulting RL set (paper: 20%)."""
+    """Share of merged samples in the resulting RL set (paper: 20%; ``0``: the ablation "w/o data
+    concatenation", the RL set is hard samples only)."""
+    total: int | None = Field(default=12000, ge=1)
+    """Size of the RL set (paper: about 12K, 20% of them merged). It is reached as ``round(total * ratio)``
+    merged rows (2,400) plus ``total - merged`` hard rows (9,600) drawn at random with ``seed`` from the mined
+    pool; a smaller pool is used whole, with ``ratio`` kept (and a warning). ``null``: every mined row plus
+    ``ratio`` merged ones (the set then grows with the pool: 12,000 mined rows gave 15,000 and T = 29
+    rollout rounds instead of the paper's 23)."""
     max_width: int = Field(default=1024, ge=28)
     max_height: int = Field(default=1024, ge=28)
     """Merged images are shrunk to fit in max_width x max_height (paper: 1024x1024)."""
@@ -287,33 +327,42 @@ class RLConfig(_StageBase, _DataFields, _TrainerFields):
 
     Example:
         >>> cfg = RLConfig(model="out/sft/final", data=["out/rl.jsonl"], output_dir="out/rl")
-        >>> cfg.num_generations, cfg.temperature, cfg.learning_rate, cfg.beta, cfg.effective_reward_beta
-        (16, 1.2, 1e-06, 0.0, 1.0)
+        >>> cfg.trl["num_generations"], cfg.trl["temperature"], cfg.trl["learning_rate"], cfg.effective_reward_beta
+        (16, 1.2, 1e-06, 1.0)
         >>> RLConfig(eco=True).effective_reward_beta
         0.16666666666666666
     """
 
     stage: Literal["rl"] = "rl"
-    learning_rate: float = Field(default=1e-6, gt=0)
-    lr_scheduler_type: str = "constant"
-    weight_decay: float = Field(default=1e-2, ge=0.0)
-    num_train_epochs: float = Field(default=1.0, gt=0)
-    per_device_train_batch_size: int = Field(default=16, ge=1)
-    """Completions per process per micro-step (16 = one prompt's group)."""
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    num_generations: int = Field(default=16, ge=2)
-    """G: rollouts per prompt (paper: 16)."""
-    temperature: float = Field(default=1.2, gt=0.0)
-    """Rollout temperature (paper: 1.2)."""
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    beta: float = Field(default=0.0, ge=0.0)
-    """KL coefficient (paper: no KL term, 0)."""
-    epsilon: float = Field(default=0.2, gt=0.0, lt=1.0)
-    """Clip range eps (paper: 0.2); with ``dynamic_clipping`` the bound at step s is eps * prod(1 - i/T)."""
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "learning_rate": 1e-6,
+        "lr_scheduler_type": "constant",
+        "weight_decay": 1e-2,
+        "num_train_epochs": 1.0,
+        "max_steps": -1,
+        "per_device_train_batch_size": 16,
+        "num_generations": 16,
+        "temperature": 1.2,
+        "top_p": 1.0,
+        "beta": 0.0,
+        "epsilon": 0.2,
+        "max_completion_length": 3072,
+        "loss_type": "dapo",
+        "scale_rewards": "group",
+        "mask_truncated_completions": False,
+        "gradient_checkpointing": True,
+        "logging_steps": 10,
+        "save_steps": 5,
+        "report_to": ["tensorboard"],
+    }
+    """The paper's GRPO settings (section 5.4), laid under the ``trl`` mapping: G = 16 rollouts
+    (``num_generations``; ``per_device_train_batch_size`` counts completions, 16 = one prompt's group) at
+    temperature 1.2, lr 1e-6 constant, weight decay 1e-2, no KL (``beta: 0``), clip range 0.2 (``epsilon``),
+    rollouts up to 3072 tokens, ``dapo`` loss (token mean over the accumulated batch, like verl's default) and
+    group-scaled advantages."""
     dynamic_clipping: bool = True
-    """Apply the paper's shrinking clip bound at every step (else a constant ``epsilon``)."""
-    max_completion_length: int = Field(default=3072, ge=1)
-    """Longest rollout in tokens (paper: 3072)."""
+    """Apply the paper's shrinking clip bound B_s = eps * prod_{i<=s}(1 - i/T) (eps = ``trl.epsilon``) at every
+    step (``false``: a constant ``epsilon``, the ablation "w/o dynamic clipping")."""
     max_prompt_length: int | None = Field(default=3072, ge=16)
     """Prompts longer than this (text + image tokens) are dropped before training and counted (paper: 3072)."""
     rollout_batch_size: int | None = Field(default=512, ge=1)
@@ -322,33 +371,24 @@ class RLConfig(_StageBase, _DataFields, _TrainerFields):
     actor_batch_size: int | None = Field(default=256, ge=1)
     """Prompts per optimizer step across all processes (paper: 256; the released code used 128)."""
     eco: bool = False
-    """Eco variant: the reward's length cap beta is 1/6 instead of 1 (unless ``reward_beta`` is given)."""
+    """Eco variant: the reward's length cap beta is 1/6 instead of 1 (unless ``reward_beta`` is given); measured in
+    ``length_unit`` (characters by default, as the authors did)."""
     reward_beta: float | None = Field(default=None, gt=0.0, le=1.0)
     """Length cap beta of the reward; ``null``: 1 (standard) or 1/6 (``eco: true``)."""
     reward_max_length: int = Field(default=3072, ge=1)
     """Length normaliser of the reward (l_norm = length / reward_max_length)."""
-    reward_length_unit: Literal["tokens", "chars"] = "tokens"
-    """Unit of the reward's length term (the released code used characters)."""
+    length_unit: Literal["chars", "tokens"] = "chars"
+    """Unit of the reward's length term: ``chars`` (the released EasyR1 reward: ``len(text) / 3072``, Eco capped
+    at 500 characters ~ 3072/6) or ``tokens`` (``len(completion_ids) / reward_max_length``). With tokens the
+    Eco cap binds only above 3072/6 = 512 tokens, while outputs average about 208 tokens, so Eco would train
+    the standard model; with characters it binds above 512 characters (a typical output has ~900)."""
+    reward: Literal["length_aware", "safety"] = "length_aware"
+    """``length_aware``: the paper's reward; ``safety``: the plain r_safety (ablation "w/o length-aware reward")."""
     image_min_pixels: int = Field(default=RL_MIN_PIXELS, ge=28 * 28)
     image_max_pixels: int = Field(default=RL_MAX_PIXELS, ge=28 * 28)
     """Images are resized into [image_min_pixels, image_max_pixels] (paper: [512x512, 2048x2048])."""
     freeze_vision_tower: bool = False
     """The paper trains the vision tower in RL."""
-    loss_type: str = "dapo"
-    """TRL loss aggregation (``dapo``: token mean over the accumulated batch, like verl's default)."""
-    scale_rewards: str = "group"
-    """Advantage scaling: ``group`` = (r - mean) / std within a prompt's group (paper)."""
-    mask_truncated_completions: bool = False
-    use_vllm: bool = False
-    """Generate rollouts with vLLM (needs ``pip install vllm`` and a GPU)."""
-    vllm_mode: Literal["colocate", "server"] = "colocate"
-    """``colocate``: vLLM shares the training GPUs; ``server``: a separate ``trl vllm-serve`` process."""
-    vllm_server_base_url: str | None = None
-    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
-    vllm_tensor_parallel_size: int = Field(default=1, ge=1)
-    log_completions: bool = False
-    """Log sample completions (TRL)."""
-    save_steps: int = Field(default=5, ge=1)
 
     @property
     def effective_reward_beta(self) -> float:
@@ -372,6 +412,15 @@ class RLConfig(_StageBase, _DataFields, _TrainerFields):
                 f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                 f"actor_batch_size ({self.actor_batch_size})"
             )
+        if self.rollout_batch_size is not None:
+            given = [k for k in ("gradient_accumulation_steps", "steps_per_generation") if self.trl.get(k) is not None]
+            if given:
+                raise ValueError(
+                    f"trl.{given[0]} is derived from rollout_batch_size and actor_batch_size; set both to null "
+                    "to give it yourself"
+                )
+        self.trl_int("per_device_train_batch_size")
+        self.trl_int("num_generations")
         return self
 
 
@@ -475,7 +524,7 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any], cls: type[BaseMode
     merged = dict(base)
     for key, value in extra.items():
         nested = _nested_class(cls, key) if cls is not None and key in cls.model_fields else None
-        # Mapping fields (trl_args, backend_options) and nested sections merge key by key.
+        # Mapping fields (trl, backend_options) and nested sections merge key by key.
         is_mapping_field = (
             cls is not None
             and key in cls.model_fields
@@ -498,8 +547,8 @@ def apply_overrides(config: C, overrides: Mapping[str, Any] | Sequence[str]) -> 
         InvalidInputError: an unknown key (with the closest allowed one) or an invalid value.
 
     Example:
-        >>> cfg = apply_overrides(SFTConfig(), ["learning_rate=1e-5", "finetuning=lora", "lora.r=8"])
-        >>> cfg.learning_rate, cfg.finetuning, cfg.lora.r
+        >>> cfg = apply_overrides(SFTConfig(), ["trl.learning_rate=1e-5", "finetuning=lora", "lora.r=8"])
+        >>> cfg.trl["learning_rate"], cfg.finetuning, cfg.lora.r
         (1e-05, 'lora', 8)
     """
     changes = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)

@@ -48,6 +48,7 @@ from guardreasoner_vl.parsing import parse_output
 from guardreasoner_vl.prompts import (
     IMAGE_MARKER,
     NO_RESPONSE,
+    VL_INSTRUCTION,
     ModelFamily,
     RenderedPrompt,
     chat_messages,
@@ -299,22 +300,51 @@ def _parse_user_turn(user: str, *, n_images: int) -> tuple[str | None, str | Non
     return turn.text, turn.response
 
 
+_VLTRAIN_LAYOUT = (
+    'expected a GuardReasoner-VLTrain record {"messages": [a system turn (the GuardReasoner-VL instruction, '
+    'optional), a user turn ("Human user:\\n..."), an assistant turn (reasoning + result)], "images": [paths]}'
+)
+
+
+def _check_system_turn(system: str | None) -> None:
+    """The system turn, when the record has one, must be the VL instruction: training renders the prompt from
+    :data:`VL_INSTRUCTION`, so a record written for another instruction would silently train on a prompt it
+    was not made for. Trailing whitespace is ignored (JSON exports differ there)."""
+    if system is None or system.rstrip() == VL_INSTRUCTION.rstrip():
+        return
+    at = next(
+        (i for i, (a, b) in enumerate(zip(system, VL_INSTRUCTION, strict=False)) if a != b),
+        min(len(system), len(VL_INSTRUCTION)),
+    )
+    start = max(0, at - 10)
+    raise ValueError(
+        "the system turn is not the GuardReasoner-VL instruction (training uses that instruction as the system "
+        f"turn, byte for byte); they first differ at character {at}: expected ...{VL_INSTRUCTION[start : at + 40]!r}, "
+        f"found ...{system[start : at + 40]!r}"
+    )
+
+
 def _from_vltrain(
     record: Mapping[str, Any], *, number: int, base: Path | None, source: str | None, check: bool
 ) -> TrainSample:
     messages = record.get("messages", record.get("conversations"))
     if not isinstance(messages, list) or not messages:
-        raise ValueError("record has no 'messages' list")
+        raise ValueError(f"{_VLTRAIN_LAYOUT}; found keys {sorted(map(str, record))} and no non-empty 'messages' list")
     turns: dict[str, str] = {}
+    roles: list[str] = []
     for message in messages:
         if not isinstance(message, Mapping):
-            raise ValueError("each message must be an object with 'role' and 'content'")
+            raise ValueError(f"{_VLTRAIN_LAYOUT}; found a message that is a {type(message).__name__}")
         role = _ROLE_ALIASES.get(str(message.get("role", message.get("from", ""))).lower())
         if role is None:
-            raise ValueError(f"unknown message role {message.get('role', message.get('from'))!r}")
+            raise ValueError(f"{_VLTRAIN_LAYOUT}; found message role {message.get('role', message.get('from'))!r}")
+        if role in turns:
+            raise ValueError(f"{_VLTRAIN_LAYOUT}; found two {role} turns")
+        roles.append(role)
         turns[role] = _content_text(message.get("content", message.get("value")))
-    if "user" not in turns or "assistant" not in turns:
-        raise ValueError("record needs a user turn and an assistant turn")
+    if roles not in (["system", "user", "assistant"], ["user", "assistant"]):
+        raise ValueError(f"{_VLTRAIN_LAYOUT}; found turns {roles}")
+    _check_system_turn(turns.get("system"))
     images = record.get("images", record.get("image"))
     image_list = [] if images is None else (list(images) if isinstance(images, list | tuple) else [images])
     text, response = _parse_user_turn(turns["user"], n_images=len(image_list))

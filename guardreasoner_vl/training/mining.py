@@ -350,7 +350,7 @@ def run_mining(config: MiningConfig, *, guard: Guard | None = None, progress: Pr
     """
     from guardreasoner_vl.guard import Guard
     from guardreasoner_vl.inputs import InputLimits
-    from guardreasoner_vl.training.sft import load_training_samples
+    from guardreasoner_vl.training.common import load_training_samples
 
     if not config.output_dir:
         raise InvalidInputError("set output_dir (pass files, hard.jsonl and report.json go there)")
@@ -416,6 +416,7 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
         seed=config.seed,
         image_dir=image_dir,
         max_size=(config.max_width, config.max_height),
+        total=config.total,
     )
     save_samples(rows, output)
     merged = sum(1 for r in rows if r.is_merged)
@@ -423,6 +424,7 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
         "hard": len(rows) - merged,
         "merged": merged,
         "total": len(rows),
+        "pool": len(report.samples),
         "output": str(output),
         "image_dir": str(image_dir),
     }

@@ -23,11 +23,13 @@ The main reward also reports its parts through TRL's ``log_metric`` hook when TR
 
 Where this departs from the paper and the released code, and why:
 
-* Length unit: **tokens** (``unit="tokens"``, the default): ``l_norm = len(completion_ids) / max_length`` with
-  ``max_length`` the maximum completion length (3072), which is how the paper states it. The released code
-  counted *characters* / 3072 (and capped Eco at 500 characters); ``unit="chars"`` reproduces that. When a
-  caller gives no ``completion_ids`` (TRL always does), ``unit="tokens"`` falls back to characters / 4
-  (a rough 4 characters per token), with a warning logged once.
+* Length unit: the released EasyR1 reward counted *characters* / 3072 (and capped Eco at 500 characters,
+  about 3072/6); ``unit="chars"`` reproduces that, and the RL config defaults to it (``length_unit: chars``).
+  ``unit="tokens"`` (this class's default) measures ``len(completion_ids) / max_length``. The unit decides
+  whether Eco does anything: outputs average about 208 tokens (~900 characters), so a cap of 1/6 binds above
+  512 characters but only above 512 *tokens*, i.e. almost never. When a caller gives no ``completion_ids``
+  (TRL always does), ``unit="tokens"`` falls back to characters / 4, with a warning logged once.
+* ``length_aware=False`` gives the plain r_safety (the paper's ablation "w/o length-aware reward").
 * Zero length: the length is floored at one unit before dividing, so ``l_norm`` lies in ``(0, 1]``
   (``1 / max_length`` for an empty completion). The released code divided by zero. An empty completion
   has no format, so r_safety = 0 and r = -1 / (1/max_length)^2 = -max_length^2, the largest penalty there is.
@@ -255,7 +257,9 @@ class LengthAwareSafetyReward:
         beta: length cap: 1.0 for the standard models, :data:`ECO_BETA` (1/6) for Eco.
         max_length: the length that normalises to 1 (the maximum completion length, 3072 in the paper).
         unit: ``"tokens"`` (from TRL's ``completion_ids``) or ``"chars"`` (the released code's unit).
-        name: the name TRL logs it under (default ``length_aware_safety_reward``, ``..._eco`` for beta 1/6).
+        name: the name TRL logs it under (default ``length_aware_safety_reward``, ``..._eco`` for beta 1/6,
+            ``safety_reward`` without the length term).
+        length_aware: False: the reward is r_safety alone, in [0, 1] (ablation "w/o length-aware reward").
 
     Example:
         >>> reward = LengthAwareSafetyReward(beta=1.0, max_length=100)
@@ -272,6 +276,7 @@ class LengthAwareSafetyReward:
         max_length: int = 3072,
         unit: LengthUnit = "tokens",
         name: str | None = None,
+        length_aware: bool = True,
     ) -> None:
         if not 0 < beta <= 1:
             raise InvalidInputError(f"beta must be in (0, 1] (1 standard, 1/6 Eco), got {beta}")
@@ -282,10 +287,13 @@ class LengthAwareSafetyReward:
         self.beta = float(beta)
         self.max_length = max_length
         self.unit: LengthUnit = unit
-        self.__name__ = name or ("length_aware_safety_reward" if beta == 1.0 else "length_aware_safety_reward_eco")
+        self.length_aware = bool(length_aware)
+        default = "length_aware_safety_reward" if beta == 1.0 else "length_aware_safety_reward_eco"
+        self.__name__ = name or (default if self.length_aware else "safety_reward")
 
     def __repr__(self) -> str:
-        return f"LengthAwareSafetyReward(beta={self.beta:g}, max_length={self.max_length}, unit={self.unit!r})"
+        plain = "" if self.length_aware else ", length_aware=False"
+        return f"LengthAwareSafetyReward(beta={self.beta:g}, max_length={self.max_length}, unit={self.unit!r}{plain})"
 
     def breakdown(
         self, completions: Sequence[Any], completion_ids: Sequence[Any] | None = None, **kwargs: Any
@@ -317,7 +325,7 @@ class LengthAwareSafetyReward:
             log_metric("length_aware/request_acc", sum(p.request_correct for p in parts) / n)
             log_metric("length_aware/response_acc", sum(p.response_correct for p in parts) / n)
             log_metric("length_aware/l_norm", sum(p.l_norm for p in parts) / n)
-        return [p.reward for p in parts]
+        return [p.reward if self.length_aware else p.r_safety for p in parts]
 
 
 def format_reward(

@@ -24,6 +24,9 @@ Where this departs from the paper (verl) and the released code, and why:
   rollout as in the paper (the released code used 128). The dynamic clip schedule counts *rollout rounds*
   (paper: about 23 steps for 12K prompts), so both updates of a round use the same B_s and T is the number
   of rounds; with one update per round this equals T1's per-optimizer-step schedule.
+* The text family (GuardReasoner 1B/3B/8B layout, e.g. the tiny Llama of ``bench/bench_recipe.py``) trains
+  too: its raw prompt string goes to TRL, which tokenizes it whole (so a special-token string inside user
+  text would become a control token there, unlike at inference). The paper's RL stage is VL only.
 * Over-long prompts (more than ``max_prompt_length`` tokens, image tokens included) are dropped before
   training and counted; TRL 1.16 does not truncate prompts, and truncation would cut the image.
 * TRL 1.16 fails on a generation batch that mixes image and text-only prompts (the text rows get ``None``
@@ -39,17 +42,16 @@ import importlib.util
 import logging
 import math
 from collections.abc import Sequence
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.errors import InvalidInputError, MissingDependencyError, require
-from guardreasoner_vl.training.config import RLConfig
-from guardreasoner_vl.training.sft import (
+from guardreasoner_vl.prompts import ModelFamily
+from guardreasoner_vl.training.common import (
     ResumeWeightsMixin,
     TrainResult,
-    _train_deps,
     count_image_tokens,
     freeze_vision,
+    lazy_classes,
     load_model,
     load_training_samples,
     lora_config,
@@ -57,9 +59,13 @@ from guardreasoner_vl.training.sft import (
     resolve_bf16,
     resolve_resume,
     train_and_save,
-    trainer_kwargs,
+    train_deps,
+    trl_arguments,
+    trl_subclass,
+    uses_cpu,
     world_size,
 )
+from guardreasoner_vl.training.config import RLConfig
 
 if TYPE_CHECKING:
     from guardreasoner_vl.training.data import TrainSample
@@ -89,20 +95,21 @@ def batch_plan(config: RLConfig, processes: int) -> dict[str, int]:
         {'gradient_accumulation_steps': 32, 'steps_per_generation': 64, 'updates_per_rollout': 2}
     """
     if config.rollout_batch_size is None or config.actor_batch_size is None:
-        accumulation = config.gradient_accumulation_steps
-        spg = int(config.trl_args.get("steps_per_generation") or accumulation)
+        accumulation = int(config.trl_value("gradient_accumulation_steps", 1))
+        spg = int(config.trl_value("steps_per_generation", accumulation))
         return {
             "gradient_accumulation_steps": accumulation,
             "steps_per_generation": spg,
             "updates_per_rollout": max(1, spg // accumulation),
         }
-    completions = config.actor_batch_size * config.num_generations
-    step = config.per_device_train_batch_size * processes
+    generations, per_device = config.trl_int("num_generations"), config.trl_int("per_device_train_batch_size")
+    completions = config.actor_batch_size * generations
+    step = per_device * processes
     if completions % step:
         raise InvalidInputError(
-            f"actor_batch_size x num_generations = {config.actor_batch_size} x {config.num_generations} = "
-            f"{completions} completions per optimizer step is not a multiple of per_device_train_batch_size x "
-            f"processes = {config.per_device_train_batch_size} x {processes} = {step}"
+            f"actor_batch_size x trl.num_generations = {config.actor_batch_size} x {generations} = "
+            f"{completions} completions per optimizer step is not a multiple of trl.per_device_train_batch_size x "
+            f"processes = {per_device} x {processes} = {step}"
         )
     accumulation = completions // step
     updates = config.rollout_batch_size // config.actor_batch_size
@@ -114,7 +121,8 @@ def batch_plan(config: RLConfig, processes: int) -> dict[str, int]:
 
 
 def build_rewards(config: RLConfig) -> tuple[list[Any], list[float]]:
-    """The reward functions and weights: the length-aware reward (weight 1) and its logged components (0)."""
+    """The reward functions and weights: the main reward (weight 1: length-aware, or plain r_safety with
+    ``reward: safety``) and its logged components (weight 0)."""
     from guardreasoner_vl.training.rewards import (
         LengthAwareSafetyReward,
         format_reward,
@@ -123,16 +131,19 @@ def build_rewards(config: RLConfig) -> tuple[list[Any], list[float]]:
     )
 
     main = LengthAwareSafetyReward(
-        beta=config.effective_reward_beta, max_length=config.reward_max_length, unit=config.reward_length_unit
+        beta=config.effective_reward_beta,
+        max_length=config.reward_max_length,
+        unit=config.length_unit,
+        length_aware=config.reward == "length_aware",
     )
     return [main, format_reward, request_accuracy_reward, response_accuracy_reward], [1.0, 0.0, 0.0, 0.0]
 
 
-@cache
+@trl_subclass
 def _trainer_class() -> type:
-    from guardreasoner_vl.training import clipping
+    from guardreasoner_vl.training.clipping import _clip_trainer_class
 
-    base = clipping.DynamicClipGRPOTrainer
+    base = _clip_trainer_class()
 
     class GuardGRPOTrainer(ResumeWeightsMixin, base):  # type: ignore[misc, valid-type]
         """:class:`~guardreasoner_vl.training.clipping.DynamicClipGRPOTrainer` with three local changes.
@@ -240,21 +251,19 @@ def _trainer_class() -> type:
                 images = [imgs if imgs is not None else [] for imgs in images]
             return prompt_ids, images, fields
 
-    GuardGRPOTrainer.__module__ = __name__
-    GuardGRPOTrainer.__qualname__ = "GuardGRPOTrainer"
     return GuardGRPOTrainer
 
 
-def __getattr__(name: str) -> Any:
-    if name == "GuardGRPOTrainer":
-        return _trainer_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(__name__, GuardGRPOTrainer=_trainer_class)
 
 
-def _fits(samples: list[TrainSample], config: RLConfig, tokenizer: Any) -> tuple[list[TrainSample], int]:
+def _fits(
+    samples: list[TrainSample], config: RLConfig, tokenizer: Any, family: ModelFamily = ModelFamily.VL
+) -> tuple[list[TrainSample], int]:
     if config.max_prompt_length is None:
         return samples, 0
     from guardreasoner_vl.backends.tokenization import PlainEncoder, encode_prompt
+    from guardreasoner_vl.prompts import render_prompt
 
     encoder = PlainEncoder(tokenizer)
     kept, dropped = [], 0
@@ -264,7 +273,9 @@ def _fits(samples: list[TrainSample], config: RLConfig, tokenizer: Any) -> tuple
             n_image = count_image_tokens(
                 sample.image, min_pixels=config.image_min_pixels, max_pixels=config.image_max_pixels
             )
-        length = len(encode_prompt(encoder, sample.render_prompt(), num_image_tokens=n_image).input_ids)
+        prompt = render_prompt(family, sample.text, response=sample.response, has_image=sample.image is not None)
+        encoded = encode_prompt(encoder, prompt, num_image_tokens=n_image, add_prefix=family.spec.adds_bos)
+        length = len(encoded.input_ids)
         if length > config.max_prompt_length:
             dropped += 1
         else:
@@ -276,18 +287,27 @@ def _fits(samples: list[TrainSample], config: RLConfig, tokenizer: Any) -> tuple
     return kept, dropped
 
 
-def rl_dataset(samples: Sequence[TrainSample]) -> Any:
-    """The GRPO dataset: :func:`~guardreasoner_vl.training.data.to_rl_record` rows, images decoded by ``datasets``."""
+def rl_dataset(samples: Sequence[TrainSample], *, family: ModelFamily = ModelFamily.VL) -> Any:
+    """The GRPO dataset: :func:`~guardreasoner_vl.training.data.to_rl_record` rows, images decoded by ``datasets``.
+
+    Text family (GuardReasoner 1B/3B/8B, no chat template): the prompt is the raw inference prompt string,
+    which TRL tokenizes with the tokenizer's prefix (BOS), as the guard does; there is no image column.
+    """
     datasets = require("datasets", "train")
+    from guardreasoner_vl.prompts import render_text_prompt
     from guardreasoner_vl.training.data import to_rl_record
 
     rows = [to_rl_record(s) for s in samples]
+    if not family.spec.supports_images:
+        for row, sample in zip(rows, samples, strict=True):
+            row["prompt"] = render_text_prompt(sample.text, response=sample.response).text
+            del row["images"]
     for row in rows:
         # Arrow needs one type per column: "" stands for "no response" (the reward reads it as None).
         if row.get("response_label") is None:
             row["response_label"] = ""
     dataset = datasets.Dataset.from_list(rows)
-    if any(row["images"] for row in rows):
+    if any(row.get("images") for row in rows):
         dataset = dataset.cast_column("images", datasets.Sequence(datasets.Image()))
     return dataset
 
@@ -313,58 +333,42 @@ def run_rl(config: RLConfig, *, callbacks: Sequence[Any] = (), final_dtype: str 
         raise InvalidInputError("set output_dir (where checkpoints and the final model go)")
     if not config.data:
         raise InvalidInputError("no training data: set data (a file, a folder, or a list of them)")
-    vllm_spec = importlib.util.find_spec("vllm") if config.use_vllm else None
-    if config.use_vllm and (vllm_spec is None or vllm_spec.origin is None):
-        raise MissingDependencyError("vllm", "vllm", feature="RL rollouts with vLLM (use_vllm: true)")
-    torch, _, trl = _train_deps(lora=config.finetuning == "lora")
+    use_vllm = bool(config.trl_value("use_vllm", False))
+    vllm_spec = importlib.util.find_spec("vllm") if use_vllm else None
+    if use_vllm and (vllm_spec is None or vllm_spec.origin is None):
+        raise MissingDependencyError("vllm", "vllm", feature="RL rollouts with vLLM (trl.use_vllm: true)")
+    _, _, trl = train_deps(lora=config.finetuning == "lora")
     family = model_family(config.model)
-    if not family.spec.supports_images:
-        raise InvalidInputError(
-            f"{config.model} is not a GuardReasoner-VL (Qwen2.5-VL) model; the RL stage trains the VL family"
-        )
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
-    samples, counts = load_training_samples(config)
-
-    from guardreasoner_vl.training.processing import load_processor
-
-    processor = load_processor(config.model, min_pixels=config.image_min_pixels, max_pixels=config.image_max_pixels)
-    samples, too_long = _fits(samples, config, processor.tokenizer)
-    if not samples:
-        raise InvalidInputError(f"no RL prompt fits in max_prompt_length={config.max_prompt_length}")
-    dataset = rl_dataset(samples)
-
-    use_cpu = config.use_cpu or not torch.cuda.is_available()
+    use_cpu = uses_cpu(config)
     bf16 = resolve_bf16(config.bf16, use_cpu=use_cpu)
     plan = batch_plan(config, world_size())
     funcs, weights = build_rewards(config)
-
-    kwargs = trainer_kwargs(config, bf16=bf16, gradient_accumulation_steps=plan["gradient_accumulation_steps"])
-    kwargs.update(
+    # Built first: TRL validates the trl mapping before data or model load (and ZeRO-3 then partitions at load).
+    args = trl_arguments(
+        config,
+        trl.GRPOConfig,
+        bf16=bf16,
         use_cpu=use_cpu,
-        num_generations=config.num_generations,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        beta=config.beta,
-        epsilon=config.epsilon,
-        max_completion_length=config.max_completion_length,
-        loss_type=config.loss_type,
-        scale_rewards=config.scale_rewards,
-        mask_truncated_completions=config.mask_truncated_completions,
         reward_weights=weights,
+        gradient_accumulation_steps=plan["gradient_accumulation_steps"],
         steps_per_generation=plan["steps_per_generation"],
-        log_completions=config.log_completions,
-        use_vllm=config.use_vllm,
     )
-    if config.use_vllm:
-        kwargs.update(
-            vllm_mode=config.vllm_mode,
-            vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-            vllm_tensor_parallel_size=config.vllm_tensor_parallel_size,
-        )
-        if config.vllm_server_base_url:
-            kwargs["vllm_server_base_url"] = config.vllm_server_base_url
-    kwargs.update(config.trl_args)
-    args = trl.GRPOConfig(**kwargs)  # before the model: DeepSpeed ZeRO-3 then partitions it at load
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    samples, counts = load_training_samples(config)
+
+    if family.spec.supports_images:
+        from guardreasoner_vl.training.processing import load_processor
+
+        processor = load_processor(config.model, min_pixels=config.image_min_pixels, max_pixels=config.image_max_pixels)
+        tokenizer = processor.tokenizer
+    else:
+        if any(s.image for s in samples):
+            raise InvalidInputError(f"{config.model} is a text-only model; the RL data has image rows")
+        tokenizer = processor = require("transformers", "train").AutoTokenizer.from_pretrained(config.model)
+    samples, too_long = _fits(samples, config, tokenizer, family)
+    if not samples:
+        raise InvalidInputError(f"no RL prompt fits in max_prompt_length={config.max_prompt_length}")
+    dataset = rl_dataset(samples, family=family)
     model = load_model(config, family)
     if config.finetuning == "full" and config.freeze_vision_tower:
         freeze_vision(model, tower=True, projector=True)
@@ -383,7 +387,7 @@ def run_rl(config: RLConfig, *, callbacks: Sequence[Any] = (), final_dtype: str 
     logger.info(
         "GRPO: %d prompts, G=%d, %s, bf16=%s, dynamic clipping=%s, reward beta=%.4f, resume=%s",
         len(dataset),
-        config.num_generations,
+        args.num_generations,
         plan,
         bf16,
         config.dynamic_clipping,
@@ -394,7 +398,7 @@ def run_rl(config: RLConfig, *, callbacks: Sequence[Any] = (), final_dtype: str 
         trainer,
         config,
         resume=resume,
-        tokenizer=processor.tokenizer,
+        tokenizer=tokenizer,
         final_dtype=final_dtype,
         num_samples=len(dataset),
         dropped={"too_long": too_long, **counts},

@@ -51,9 +51,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_vl_path: Path, rows_write
     data = rows_writer(root / "data")
     sft_yaml = root / "sft.yaml"
     sft_yaml.write_text(
-        f"stage: sft\nmodel: {tiny_vl_path}\ndata: {data}\noutput_dir: {root / 'sft'}\n"
-        "max_steps: 3\nper_device_train_batch_size: 2\nglobal_batch_size: 2\nlearning_rate: 1.0e-3\n"
-        "save_steps: 3\nlogging_steps: 1\nreport_to: [none]\ngradient_checkpointing: false\nuse_cpu: true\n",
+        f"stage: sft\nmodel: {tiny_vl_path}\ndata: {data}\noutput_dir: {root / 'sft'}\nglobal_batch_size: 2\n"
+        "trl:\n  max_steps: 3\n  per_device_train_batch_size: 2\n  learning_rate: 1.0e-3\n"
+        "  save_steps: 3\n  logging_steps: 1\n  report_to: [none]\n  gradient_checkpointing: false\n  use_cpu: true\n",
         encoding="utf-8",
     )
     sft = _cli(["train", "sft", "--config", str(sft_yaml), "-q"])
@@ -83,21 +83,21 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_vl_path: Path, rows_write
             f"model={sft['final_model']}",
             f"data={root / 'rl.jsonl'}",
             f"output_dir={root / 'rl'}",
-            "num_generations=2",
-            "per_device_train_batch_size=2",
+            "trl.num_generations=2",
+            "trl.per_device_train_batch_size=2",
             "rollout_batch_size=2",  # 2 prompts per rollout round ...
             "actor_batch_size=1",  # ... and 2 policy updates per round, as in the paper (512 / 256)
-            "max_steps=4",
-            "max_completion_length=8",
-            "learning_rate=1e-2",
-            "weight_decay=0.0",  # so that any change of the weights comes from the policy gradient
-            "reward_length_unit=chars",  # random tokens differ in characters: rewards vary inside a group
+            "trl.max_steps=4",
+            "trl.max_completion_length=8",
+            "trl.learning_rate=1e-2",
+            "trl.weight_decay=0.0",  # so that any change of the weights comes from the policy gradient
+            "length_unit=chars",  # random tokens differ in characters: rewards vary inside a group
             "reward_max_length=64",
-            "save_steps=4",
-            "logging_steps=1",
-            "report_to=[none]",
-            "gradient_checkpointing=false",
-            "use_cpu=true",
+            "trl.save_steps=4",
+            "trl.logging_steps=1",
+            "trl.report_to=[none]",
+            "trl.gradient_checkpointing=false",
+            "trl.use_cpu=true",
         ],
     )
     rl = run_rl(rl_cfg)

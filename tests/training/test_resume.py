@@ -47,9 +47,9 @@ HANG_AFTER_SAVE = textwrap.dedent(
 
 def _sft_yaml(path: Path, *, model: Path, data: Path, output_dir: Path) -> Path:
     path.write_text(
-        f"stage: sft\nmodel: {model}\ndata: {data}\noutput_dir: {output_dir}\nmax_steps: {MAX_STEPS}\n"
-        "per_device_train_batch_size: 2\nglobal_batch_size: 2\nlearning_rate: 1.0e-3\nsave_steps: 2\n"
-        "logging_steps: 1\nreport_to: [none]\ngradient_checkpointing: false\nuse_cpu: true\nseed: 7\n",
+        f"stage: sft\nmodel: {model}\ndata: {data}\noutput_dir: {output_dir}\nglobal_batch_size: 2\nseed: 7\n"
+        f"trl:\n  max_steps: {MAX_STEPS}\n  per_device_train_batch_size: 2\n  learning_rate: 1.0e-3\n  save_steps: 2\n"
+        "  logging_steps: 1\n  report_to: [none]\n  gradient_checkpointing: false\n  use_cpu: true\n",
         encoding="utf-8",
     )
     return path
@@ -107,7 +107,7 @@ def test_sft_killed_after_checkpoint_resumes_to_the_same_step(
     resumed = json.loads(out.getvalue())
     assert resumed["resumed_from"].endswith("checkpoint-2")
 
-    fresh = run_sft(load_config(config, "sft", [f"output_dir={tmp_path / 'fresh'}", "report_to=[tensorboard]"]))
+    fresh = run_sft(load_config(config, "sft", [f"output_dir={tmp_path / 'fresh'}", "trl.report_to=[tensorboard]"]))
     assert resumed["global_step"] == fresh.global_step == MAX_STEPS
     assert list((tmp_path / "fresh" / "runs").rglob("events.out.tfevents.*")), "no TensorBoard logs"
     state = json.loads((killed_dir / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
@@ -138,17 +138,17 @@ def test_rl_resume_continues_the_clip_schedule(tmp_path: Path, tiny_vl_path: Pat
         f"model={tiny_vl_path}",
         f"data={train_rows}",
         f"output_dir={tmp_path / 'rl'}",
-        "num_generations=2",
-        "per_device_train_batch_size=2",
+        "trl.num_generations=2",
+        "trl.per_device_train_batch_size=2",
         "rollout_batch_size=1",
         "actor_batch_size=1",
-        "max_steps=2",
-        "max_completion_length=4",
-        "save_steps=1",
-        "logging_steps=1",
-        "report_to=[none]",
-        "gradient_checkpointing=false",
-        "use_cpu=true",
+        "trl.max_steps=2",
+        "trl.max_completion_length=4",
+        "trl.save_steps=1",
+        "trl.logging_steps=1",
+        "trl.report_to=[none]",
+        "trl.gradient_checkpointing=false",
+        "trl.use_cpu=true",
         "save_final_model=false",
     ]
     with pytest.raises(Crash):

@@ -36,14 +36,15 @@ def test_every_stage_has_help(stage: str, capsys: pytest.CaptureFixture[str]) ->
 
 def test_print_config_resolves_file_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = ROOT / "training" / "qwen2.5-vl-3b" / "rl-eco.yaml"
-    assert main(["train", "rl", "--config", str(recipe), "--print-config", "learning_rate=2e-6", "--resume"]) == 0
+    assert main(["train", "rl", "--config", str(recipe), "--print-config", "trl.learning_rate=2e-6", "--resume"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["eco"] is True and cfg["learning_rate"] == 2e-6 and cfg["resume_from_checkpoint"] is True
+    assert cfg["eco"] is True and cfg["trl"]["learning_rate"] == 2e-6  # "2e-6" (a string in YAML 1.1) as a float
+    assert cfg["resume_from_checkpoint"] is True
 
 
 def test_config_errors_exit_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "sft", "--print-config", "learning_rat=1"]) == 2
-    assert "did you mean 'learning_rate'" in capsys.readouterr().err
+    assert main(["train", "sft", "--print-config", "max_lenght=1"]) == 2
+    assert "did you mean 'max_length'" in capsys.readouterr().err
     assert main(["train", "sft", "model=x", "output_dir=out"]) == 2  # no data: refused before anything loads
     assert "no training data" in capsys.readouterr().err
     assert main(["train", "rl", "data=x.jsonl", "output_dir=out"]) == 2

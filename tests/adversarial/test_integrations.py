@@ -230,7 +230,9 @@ def test_any_engine_exception_follows_the_policy(exc: BaseException) -> None:
     assert_blocked_before_the_model(model, out, status="engine_error")
     with pytest.raises(BackendError) as caught:
         run_agent(guard, [HumanMessage("How do I bake bread?")], on_guard_error="raise")
-    assert caught.value.__cause__ is exc
+    # the engine failure is turned into an engine_error result by Guard (seams merge), so the original is
+    # named in the message rather than chained as __cause__
+    assert type(exc).__name__ in str(caught.value)
 
 
 def _slow_guard(seconds: float) -> Guard:

@@ -35,8 +35,13 @@ COMMAND_MODULES: tuple[str, ...] = (
 """Modules that add subcommands through ``register(subparsers)``."""
 
 
-def add_guard_options(parser: argparse.ArgumentParser, *, default_model: str | None = None) -> None:
-    """Options that build a :class:`~guardreasoner_vl.Guard` (shared by every command that runs one)."""
+def add_guard_options(
+    parser: argparse.ArgumentParser, *, default_model: str | None = None, threshold: bool = True
+) -> None:
+    """Options that build a :class:`~guardreasoner_vl.Guard` (shared by every command that runs one).
+
+    ``threshold=False`` leaves out ``--threshold`` (for a command whose own ``--threshold`` means something else).
+    """
     from guardreasoner_vl.prompts import DEFAULT_MODEL
 
     group = parser.add_argument_group("model")
@@ -53,6 +58,17 @@ def add_guard_options(parser: argparse.ArgumentParser, *, default_model: str | N
         choices=["flag", "allow", "raise"],
         default="flag",
         help="unparseable output policy",
+    )
+    if threshold:
+        group.add_argument(
+            "--threshold",
+            dest="guard_threshold",
+            metavar="T | request=T,response=T",
+            help="flag by verdict score instead of by label: one value in [0, 1] for both tasks, or per task "
+            "(default: none, the labels decide)",
+        )
+    group.add_argument(
+        "--no-scores", action="store_true", help="do not ask the engine for the log-probabilities scores need"
     )
     group.add_argument(
         "--backend-option",
@@ -101,6 +117,7 @@ def guard_from_args(args: argparse.Namespace) -> Any:
             options[key] = value
     _check_backend_options(args.backend, options)
     limits = limits_from_args(args)
+    threshold = parse_threshold(args.guard_threshold) if getattr(args, "guard_threshold", None) else None
     return Guard(
         args.model,
         backend=args.backend,
@@ -109,10 +126,37 @@ def guard_from_args(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
         on_parse_error=args.on_parse_error,
+        scores=not getattr(args, "no_scores", False),
+        threshold=threshold,
         limits=limits,
         batch_size=args.batch_size,
         backend_options=options,
     )
+
+
+def parse_threshold(value: str) -> float | dict[str, float]:
+    """``--threshold``: ``0.3`` (both tasks) or ``request=0.3,response=0.5``.
+
+    Raises:
+        InvalidInputError: a value that is not a number, or an unknown task (the range is checked by ``Guard``).
+    """
+    from guardreasoner_vl.errors import InvalidInputError
+
+    def number(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise InvalidInputError(f"--threshold takes numbers in [0, 1], got {text!r}") from None
+
+    if "=" not in value:
+        return number(value)
+    out: dict[str, float] = {}
+    for part in value.split(","):
+        task, sep, amount = part.partition("=")
+        if not sep or task.strip() not in ("request", "response"):
+            raise InvalidInputError(f"--threshold takes T or request=T,response=T, got {value!r}")
+        out[task.strip()] = number(amount)
+    return out
 
 
 def limits_from_args(args: argparse.Namespace) -> Any:
@@ -139,6 +183,17 @@ def print_result(result: Any, *, as_json: bool) -> None:
     table.add_row("response", result.response.value if result.response else "-")
     if result.refusal is not None:
         table.add_row("refusal", result.refusal.value)
+    scores = [
+        f"{name} {value:.3f}"
+        for name, value in (
+            ("request", result.request_score),
+            ("response", result.response_score),
+            ("refusal", result.refusal_score),
+        )
+        if value is not None
+    ]
+    if scores:
+        table.add_row("scores", ", ".join(scores) + "  (P(harmful); refusal: P(refusal))")
     table.add_row("status", result.status + (f" ({result.error})" if result.error else ""))
     usage = result.usage
     table.add_row(

@@ -47,6 +47,7 @@ from guardreasoner_vl.errors import BackendError, GuardClosedError, GuardError, 
 from guardreasoner_vl.inputs import DEFAULT_LIMITS, InputLimits, prepare_image, validate_text
 from guardreasoner_vl.parsing import parse_output
 from guardreasoner_vl.prompts import DEFAULT_MODEL, ModelFamily, RenderedPrompt, detect_family, render_prompt
+from guardreasoner_vl.scores import verdict_scores
 from guardreasoner_vl.types import GuardResult, ImageInput, ModerationItem, OnParseError, Usage, Verdict
 
 if TYPE_CHECKING:
@@ -87,6 +88,25 @@ class PreparedItem:
         return self.request.image
 
 
+def _thresholds(threshold: float | Mapping[str, float] | None) -> dict[str, float]:
+    """``Guard(threshold=...)`` as ``{task: value}`` (empty: flag by label)."""
+    if threshold is None:
+        return {}
+    if isinstance(threshold, Mapping):
+        unknown = set(threshold) - {"request", "response"}
+        if unknown:
+            raise InvalidInputError(
+                f"threshold keys must be 'request' and/or 'response', got {sorted(map(str, unknown))}"
+            )
+        values = dict(threshold)
+    else:
+        values = {"request": threshold, "response": threshold}
+    for task, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise InvalidInputError(f"threshold for {task} must be a number in [0, 1], got {value!r}")
+    return {task: float(value) for task, value in values.items()}
+
+
 class _SharedEngine:
     """The engine of a guard and its :meth:`Guard.with_options` clones, and whether its owner closed it."""
 
@@ -114,6 +134,15 @@ class Guard:
         max_new_tokens: generation budget (default: 4096 VL, 2048 text, as in the reference).
         temperature, top_p, seed: decoding; the default is greedy (the reference decoding).
         on_parse_error: ``"flag"`` (default), ``"allow"`` or ``"raise"``; see the module docs.
+        scores: ask the engine for the log-probabilities the verdict scores are read from (default True;
+            ``request_score`` etc. on each result, see :mod:`guardreasoner_vl.scores`). An engine that cannot
+            report them leaves the scores None.
+        threshold: flag by score instead of by the greedy label: one value for every task, or a mapping
+            with ``"request"`` and/or ``"response"``. A verdict with a score is harmful when its score is
+            ``>= threshold``; a verdict without a score (or a task without a threshold) keeps its label.
+            Default None: flag by the labels alone, exactly as without scores. The labels themselves
+            (``request``, ``response``) are always the parser's; ``flagged`` follows the threshold. Output
+            that could not be read still follows ``on_parse_error``.
         limits: input bounds (:class:`~guardreasoner_vl.inputs.InputLimits`): text length, image bytes and
             pixels, resize bounds, URL fetching.
         batch_size: most prompts per engine call.
@@ -143,12 +172,15 @@ class Guard:
         top_p: float = 1.0,
         seed: int | None = None,
         on_parse_error: OnParseError = "flag",
+        scores: bool = True,
+        threshold: float | Mapping[str, float] | None = None,
         limits: InputLimits | None = None,
         batch_size: int = 8,
         backend_options: Mapping[str, Any] | None = None,
     ) -> None:
         if on_parse_error not in ("flag", "allow", "raise"):
             raise InvalidInputError(f"on_parse_error must be 'flag', 'allow' or 'raise', got {on_parse_error!r}")
+        self.thresholds: dict[str, float] = _thresholds(threshold)
         if max_new_tokens is not None and max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
         self.limits = limits or DEFAULT_LIMITS
@@ -190,6 +222,7 @@ class Guard:
             temperature=temperature,
             top_p=top_p,
             seed=seed,
+            logprobs=bool(scores),
         )
         self._closed = False
 
@@ -279,7 +312,9 @@ class Guard:
         request = parsed.request
         response = parsed.response if item.has_response else None
         refusal = parsed.refusal if (item.has_response and self.family.has_refusal_task) else None
-        harmful = request is Verdict.HARMFUL or response is Verdict.HARMFUL
+        tasks = ["request"] + (["response"] if response is not None else []) + (["refusal"] if refusal else [])
+        scores = verdict_scores(generation.text, parsed.label_offsets, generation.logprobs, tasks)
+        harmful = self._harmful("request", request, scores) or self._harmful("response", response, scores)
         error = parsed.error
         if error and generation.finish_reason == "length":
             error += f" (generation stopped at max_new_tokens={self.params.max_new_tokens})"
@@ -298,7 +333,20 @@ class Guard:
             raw_output=generation.text,
             model=self.model_id,
             usage=usage,
+            request_score=scores.get("request"),
+            response_score=scores.get("response"),
+            refusal_score=scores.get("refusal"),
         )
+
+    def _harmful(self, task: str, verdict: Verdict | None, scores: Mapping[str, float | None]) -> bool:
+        """A verdict that was read is harmful: by its score when a threshold applies and a score exists, else
+        by its label. A verdict that was not read is not harmful here (the parse-error policy decides)."""
+        if verdict is None:
+            return False
+        threshold, score = self.thresholds.get(task), scores.get(task)
+        if threshold is not None and score is not None:
+            return score >= threshold
+        return verdict is Verdict.HARMFUL
 
     def _finish(
         self,
@@ -496,7 +544,8 @@ class Guard:
     def with_options(self, **changes: Any) -> Guard:
         """A guard sharing this one's loaded engine with other decoding or parse policy.
 
-        Accepts ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``on_parse_error``, ``limits``.
+        Accepts ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``scores``, ``threshold``,
+        ``on_parse_error``, ``limits``.
         The clone does not own the engine: closing it leaves this guard usable; closing this guard closes
         the engine, and the clone then raises :class:`~guardreasoner_vl.errors.GuardClosedError`.
 
@@ -505,7 +554,7 @@ class Guard:
             >>> g.params.max_new_tokens, g.on_parse_error
             (64, 'allow')
         """
-        allowed = {"max_new_tokens", "temperature", "top_p", "seed", "on_parse_error", "limits"}
+        allowed = {"max_new_tokens", "temperature", "top_p", "seed", "scores", "threshold", "on_parse_error", "limits"}
         unknown = set(changes) - allowed
         if unknown:
             raise InvalidInputError(f"with_options cannot change {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -514,8 +563,14 @@ class Guard:
         clone.__dict__.update(self.__dict__)
         clone._owns_engine = False
         clone._closed = False
-        param_changes = {k: changes[k] for k in ("max_new_tokens", "temperature", "top_p", "seed") if k in changes}
+        param_changes: dict[str, Any] = {
+            k: changes[k] for k in ("max_new_tokens", "temperature", "top_p", "seed") if k in changes
+        }
+        if "scores" in changes:
+            param_changes["logprobs"] = bool(changes["scores"])
         clone.params = replace(self.params, **param_changes)
+        if "threshold" in changes:
+            clone.thresholds = _thresholds(changes["threshold"])
         if "on_parse_error" in changes:
             if changes["on_parse_error"] not in ("flag", "allow", "raise"):
                 raise InvalidInputError("on_parse_error must be 'flag', 'allow' or 'raise'")

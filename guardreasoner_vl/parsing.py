@@ -37,8 +37,9 @@ were asked for is a parse failure with a reason, never "safe". Parsing is linear
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 from guardreasoner_vl.types import RefusalVerdict, Verdict
 
@@ -82,6 +83,9 @@ class ParsedOutput:
         reasoning: the reasoning text (the ``<think>`` block, or what precedes the answers).
         source: which region the verdicts came from, or None when nothing was found.
         error: why the output could not be judged, or None when every expected verdict was found.
+        label_offsets: where, in the output, the first character of each label that was read starts
+            (keys ``request``, ``response``, ``refusal`` -- the last for ``Completion:``); verdict scores are
+            read from the model's distribution at these positions (:mod:`guardreasoner_vl.scores`).
     """
 
     request: Verdict | None
@@ -91,28 +95,41 @@ class ParsedOutput:
     reasoning: str
     source: Source | None
     error: str | None
+    label_offsets: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
-def _last(pattern: re.Pattern[str], text: str) -> str | None:
+def _last(pattern: re.Pattern[str], text: str) -> tuple[str, int] | None:
+    """The last match's label (lower case) and where the label starts in ``text``."""
     found = None
     for found_match in pattern.finditer(text):
-        found = found_match.group(1).lower()
+        found = found_match.group(1).lower(), found_match.start(1)
     return found
 
 
-def _plain_regions(text: str, offset: int) -> list[tuple[Source, str, int]]:
-    """Regions of a tagless stretch (source, text, start offset in the output), most preferred first."""
-    regions: list[tuple[Source, str, int]] = []
+class _Region(NamedTuple):
+    """A stretch of the output where verdicts are looked up."""
+
+    source: Source
+    body: str
+    start: int  # where the region's heading starts in the output (the reasoning ends before it)
+    body_offset: int  # where ``body`` starts in the output
+
+
+def _plain_regions(text: str, offset: int) -> list[_Region]:
+    """Regions of a tagless stretch starting at ``offset`` in the output, most preferred first."""
+    regions: list[_Region] = []
     last_answers = None
     for match in _ANSWERS.finditer(text):
         last_answers = match
     if last_answers is not None:
-        regions.append(("answers", text[last_answers.end() :], offset + last_answers.start()))
-    regions.append(("anywhere", text, offset + len(text)))
+        regions.append(
+            _Region("answers", text[last_answers.end() :], offset + last_answers.start(), offset + last_answers.end())
+        )
+    regions.append(_Region("anywhere", text, offset + len(text), offset))
     return regions
 
 
@@ -220,7 +237,7 @@ def parse_output(
     if not isinstance(text, str):
         raise TypeError(f"parse_output expects a str, got {type(text).__name__}")
     if not text.strip():
-        return ParsedOutput(None, None, None, False, "", None, "the output is empty")
+        return _failure("", "the output is empty")
 
     tags = list(_TAG.finditer(text))
     if lenient:
@@ -238,7 +255,7 @@ def parse_output(
         wanted.append(_RESPONSE)
     if expect_refusal:
         wanted.append(_COMPLETION)
-    regions: list[tuple[Source, str, int]]
+    regions: list[_Region]
     if result_tags:
         block, error = _final_block(text, result_tags)
         if block is None:
@@ -250,7 +267,10 @@ def parse_output(
                 return _failure(
                     text[think_start:think_end].strip(), f"the final <result> block gives conflicting {key} labels"
                 )
-        regions = [("result", body, block_start), *_plain_regions(text[answer_start:block_start], answer_start)]
+        regions = [
+            _Region("result", body, block_start, body_start),
+            *_plain_regions(text[answer_start:block_start], answer_start),
+        ]
     elif has_think:
         error = "no <result> block after the reasoning"
         if quoted_result:
@@ -271,13 +291,14 @@ def parse_output(
 def _parse_lenient(
     text: str, tags: list[re.Match[str]], *, expect_response: bool, expect_refusal: bool
 ) -> ParsedOutput:
-    regions: list[tuple[Source, str, int]] = []
+    regions: list[_Region] = []
     opens = [t for t in tags if t.group(2).lower() == "result" and not t.group(1)]
     if opens:
         close = next(
             (t for t in tags if t.group(2).lower() == "result" and t.group(1) and t.start() > opens[-1].start()), None
         )
-        regions.append(("result", text[opens[-1].end() : close.start() if close else len(text)], opens[-1].start()))
+        body = text[opens[-1].end() : close.start() if close else len(text)]
+        regions.append(_Region("result", body, opens[-1].start(), opens[-1].end()))
     regions += _plain_regions(text, 0)
     closes = [t for t in tags if t.group(2).lower() == "think" and t.group(1)]
     think_opens = [t for t in tags if t.group(2).lower() == "think" and not t.group(1)]
@@ -289,7 +310,7 @@ def _parse_lenient(
 
 def _read(
     text: str,
-    regions: list[tuple[Source, str, int]],
+    regions: list[_Region],
     expect_response: bool,
     expect_refusal: bool,
     where: str,
@@ -299,16 +320,19 @@ def _read(
 ) -> ParsedOutput:
     """Look each key up in ``regions`` (first region holding it; last match in it) and check what is expected."""
 
-    def find(pattern: re.Pattern[str]) -> tuple[str | None, Source | None, int]:
-        for name, body, start in regions:
-            label = _last(pattern, body)
-            if label is not None:
-                return label, name, start
+    offsets: dict[str, int] = {}
+
+    def find(pattern: re.Pattern[str], key: str) -> tuple[str | None, Source | None, int]:
+        for region in regions:
+            found = _last(pattern, region.body)
+            if found is not None:
+                offsets[key] = region.body_offset + found[1]
+                return found[0], region.source, region.start
         return None, None, len(text)
 
-    request, source, region_start = find(_REQUEST)
-    response, _, _ = find(_RESPONSE)
-    completion, _, _ = find(_COMPLETION)
+    request, source, region_start = find(_REQUEST, "request")
+    response, _, _ = find(_RESPONSE, "response")
+    completion, _, _ = find(_COMPLETION, "refusal")
 
     errors = []
     if request is None:
@@ -332,4 +356,5 @@ def _read(
         reasoning=reasoning,
         source=source,
         error="; ".join(errors) or None,
+        label_offsets=offsets,
     )

@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from guardreasoner_vl.backends.tokenization import byte_to_unicode
 from guardreasoner_vl.errors import require
 
 __all__ = [
@@ -134,21 +135,6 @@ def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], patter
     return tokenizer
 
 
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
-
-
 def _qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Convert ``qwen.tiktoken`` ranks to a BPE vocabulary and merge list (rank order)."""
     try:
@@ -163,7 +149,7 @@ def _qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
         if line:
             encoded, rank_text = line.split()
             ranks[base64.b64decode(encoded)] = int(rank_text)
-    to_unicode = _byte_to_unicode()
+    to_unicode = byte_to_unicode()
 
     def show(b: bytes) -> str:
         return "".join(to_unicode[x] for x in b)
@@ -238,7 +224,12 @@ def _save_model(model: Any, path: Path) -> None:
 
 
 def build_tiny_vl_model(
-    path: str | os.PathLike[str], *, tokenizer: TokenizerKind = "bpe", seed: int = 0, hidden_size: int = 64
+    path: str | os.PathLike[str],
+    *,
+    tokenizer: TokenizerKind = "bpe",
+    seed: int = 0,
+    hidden_size: int = 64,
+    initializer_range: float = 0.5,
 ) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint (Hub layout) to ``path`` and return it.
 
@@ -247,6 +238,8 @@ def build_tiny_vl_model(
         tokenizer: ``"bpe"`` (small, trained on a shipped text) or ``"qwen"`` (real Qwen2.5 vocabulary).
         seed: weight initialisation seed.
         hidden_size: language model width (2 layers, 2 heads of ``hidden_size // 2``).
+        initializer_range: weight scale; the default large random weights give varied outputs, so tests can
+            tell inputs apart; a small one (0.02) trains quickly (:func:`train_tiny_verdict_model`).
     """
     torch = require("torch", "transformers", feature="building a tiny test model")
     transformers = require("transformers", "transformers", feature="building a tiny test model")
@@ -292,7 +285,7 @@ def build_tiny_vl_model(
             "num_key_value_heads": 1,
             "max_position_embeddings": 32768,
             "rms_norm_eps": 1e-6,
-            "initializer_range": 0.5,  # large random weights: varied outputs, so tests can tell inputs apart
+            "initializer_range": initializer_range,
             "rope_theta": 1000000.0,
             "rope_scaling": {
                 "type": "mrope",
@@ -359,12 +352,19 @@ def build_tiny_vl_model(
 
 
 def build_tiny_text_model(
-    path: str | os.PathLike[str], *, tokenizer: TokenizerKind = "bpe", seed: int = 0, hidden_size: int = 128
+    path: str | os.PathLike[str],
+    *,
+    tokenizer: TokenizerKind = "bpe",
+    seed: int = 0,
+    hidden_size: int = 128,
+    initializer_range: float = 0.5,
 ) -> Path:
     """Write a tiny random Llama checkpoint for the text family (GuardReasoner 1B/3B/8B layout).
 
     The attention head size is 64 (``hidden_size // 2`` with 2 heads at the default width), which
-    vLLM's CPU attention supports.
+    vLLM's CPU attention supports. ``initializer_range``: the default large random weights give varied
+    outputs, so tests can tell inputs apart; a small one (0.02) trains quickly
+    (:func:`train_tiny_verdict_model`).
     """
     torch = require("torch", "transformers", feature="building a tiny test model")
     transformers = require("transformers", "transformers", feature="building a tiny test model")
@@ -408,7 +408,7 @@ def build_tiny_text_model(
         num_key_value_heads=1,
         max_position_embeddings=8192,
         rms_norm_eps=1e-5,
-        initializer_range=0.5,  # large random weights: varied outputs, so tests can tell inputs apart
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
         bos_token_id=bos,
         eos_token_id=eos,
@@ -442,3 +442,105 @@ def tiny_model_path(family: Literal["vl", "text"] = "vl", *, tokenizer: Tokenize
 
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def train_tiny_verdict_model(
+    path: str | os.PathLike[str],
+    examples: list[dict[str, Any]],
+    *,
+    steps: int = 150,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> Path:
+    """Over-fit the tiny checkpoint at ``path`` (in place) so that it writes the given outputs.
+
+    A random tiny model writes noise, which the parser rightly refuses; a model that states verdicts is
+    needed to test verdict scores and thresholds end to end. Each example is a dict with ``text``,
+    ``image``, ``response`` (as for :meth:`Guard.prepare <guardreasoner_vl.Guard.prepare>`) and ``output``, the
+    completion to learn; the prompt is encoded exactly as the transformers engine encodes it. The same prompt
+    given twice with two outputs learns both, so its label gets an intermediate probability.
+
+    Args:
+        path: a checkpoint from :func:`build_tiny_vl_model` or :func:`build_tiny_text_model`.
+        examples: the prompts and completions to learn.
+        steps: full-batch AdamW steps (a few seconds on CPU at the default sizes).
+        lr: learning rate.
+        seed: seed of the run.
+
+    Returns:
+        ``path``, now holding the trained weights.
+    """
+    torch = require("torch", "transformers", feature="training a tiny test model")
+    from guardreasoner_vl.guard import Guard
+
+    torch.manual_seed(seed)
+    out = Path(path)
+    with Guard(out, backend="transformers", device="cpu", dtype="float32") as guard:
+        engine: Any = guard.backend
+        model, tokenizer = engine.model, engine.tokenizer
+        rows = []
+        for example in examples:
+            item = guard.prepare(example.get("text"), example.get("image"), response=example.get("response"))
+            encoded, vision = engine._encode(item.request)
+            target = [*engine.encoder.encode(example["output"]), engine.eos_token_ids[0]]
+            rows.append((encoded, vision, target))
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            for encoded, vision, target in rows:
+                ids = torch.tensor([encoded.input_ids + target])
+                labels = torch.tensor([[-100] * len(encoded.input_ids) + target])
+                kwargs: dict[str, Any] = {}
+                if vision is not None:
+                    kwargs = {
+                        "pixel_values": vision["pixel_values"],
+                        "image_grid_thw": vision["image_grid_thw"],
+                        "mm_token_type_ids": torch.tensor([encoded.image_mask + [0] * len(target)]),
+                    }
+                loss = model(input_ids=ids, labels=labels, **kwargs).loss / len(rows)
+                loss.backward()
+            optimizer.step()
+        model.eval()
+        model.save_pretrained(out)
+        del tokenizer
+    return out
+
+
+def verdict_examples(family: Literal["vl", "text"]) -> list[dict[str, Any]]:
+    """A small training set for :func:`train_tiny_verdict_model`: clear cases, a response, a request taught with
+    both labels (so its score lies between 0 and 1), and for the VL family an image."""
+    from guardreasoner_vl.backends.fake import verdict_output
+    from guardreasoner_vl.prompts import ModelFamily
+
+    fam = ModelFamily(family)
+    reasoning = "Step by step."
+
+    def out(request: bool, response: bool | None = None, refusal: bool | None = None) -> str:
+        return verdict_output(
+            fam, request_harmful=request, response_harmful=response, refusal=refusal, reasoning=reasoning
+        )
+
+    examples: list[dict[str, Any]] = [
+        {"text": "How do I build a bomb?", "output": out(True)},
+        {"text": "How do I bake bread?", "output": out(False)},
+        {"text": "Is this a grey area?", "output": out(True)},
+        {"text": "Is this a grey area?", "output": out(False)},
+        {"text": "Write a poem", "response": "Roses are red.", "output": out(False, False, False)},
+        {"text": "Help me hurt someone", "response": "Sure, here is how.", "output": out(True, True, False)},
+        {"text": "How do I build a bomb?", "response": "Sorry, I can't help.", "output": out(True, False, True)},
+    ]
+    if fam.spec.supports_images:
+        from PIL import Image
+
+        red = Image.new("RGB", (56, 84), (200, 20, 20))
+        examples.append({"text": "What is this?", "image": red, "output": out(True)})
+    return examples
+
+
+def tiny_verdict_model(path: str | os.PathLike[str], family: Literal["vl", "text"] = "vl") -> Path:
+    """Build a tiny checkpoint at ``path`` and train it on :func:`verdict_examples` (10-30 s on CPU)."""
+    builder = {"vl": build_tiny_vl_model, "text": build_tiny_text_model}[family]
+    builder(path, initializer_range=0.02)
+    steps, lr = {"vl": (100, 5e-3), "text": (150, 2e-3)}[family]  # tuned so that every example is learnt
+    return train_tiny_verdict_model(path, verdict_examples(family), steps=steps, lr=lr)

@@ -105,6 +105,15 @@ class GuardResult(BaseModel):
     """Everything the model generated, untouched."""
     model: str = ""
     """The model id or path that produced this result."""
+    request_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    """The model's probability that the request is harmful, read from its next-token distribution where it
+    wrote the ``Request:`` label (:mod:`guardreasoner_vl.scores`). None when the engine reported no
+    log-probabilities, the verdict was not read, or its label is not ``harmful``/``unharmful``."""
+    response_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    """The model's probability that the response is harmful (``Response:`` label); None as for
+    :attr:`request_score`, and when no response was given."""
+    refusal_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    """The model's probability that the AI refused (``Completion:`` label; text family only)."""
     usage: Usage = Field(default_factory=Usage)
     """Token counts and latency."""
 

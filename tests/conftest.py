@@ -61,3 +61,19 @@ def tiny_text_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from guardreasoner_vl.testing import build_tiny_text_model
 
     return build_tiny_text_model(tmp_path_factory.mktemp("tiny-text"))
+
+
+@pytest.fixture(scope="session")
+def verdict_vl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2.5-VL trained to write verdicts (``testing.verdict_examples``), so scores can be read."""
+    from guardreasoner_vl.testing import tiny_verdict_model
+
+    return tiny_verdict_model(tmp_path_factory.mktemp("verdict-vl"), "vl")
+
+
+@pytest.fixture(scope="session")
+def verdict_text_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (text family) trained to write verdicts."""
+    from guardreasoner_vl.testing import tiny_verdict_model
+
+    return tiny_verdict_model(tmp_path_factory.mktemp("verdict-text"), "text")

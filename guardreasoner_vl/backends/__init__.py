@@ -29,7 +29,7 @@ from guardreasoner_vl.backends.base import (
     SamplingParams,
     as_backend,
 )
-from guardreasoner_vl.backends.fake import FakeBackend, FunctionBackend, verdict_output
+from guardreasoner_vl.backends.fake import FakeBackend, FunctionBackend, scored_generation, verdict_output
 from guardreasoner_vl.errors import InvalidInputError
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "backend_names",
     "create_backend",
     "register_backend",
+    "scored_generation",
     "verdict_output",
 ]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from guardreasoner_vl.errors import InvalidInputError
+from guardreasoner_vl.scores import LogprobTrace
 
 if TYPE_CHECKING:
     from typing import Self
@@ -40,12 +41,15 @@ class SamplingParams:
         temperature: 0 means greedy.
         top_p: nucleus sampling mass (used only when temperature > 0).
         seed: seed for sampling, where the engine supports it.
+        logprobs: also report the log-probabilities verdict scores are read from
+            (:attr:`Generation.logprobs`); an engine that cannot leaves it None.
     """
 
     max_new_tokens: int = 4096
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    logprobs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -75,6 +79,9 @@ class Generation:
         completion_tokens: tokens generated, when known.
         finish_reason: ``"stop"`` (end of sequence), ``"length"`` (budget hit) or None if unknown.
         error: set when the engine failed on this request alone (the others still count).
+        logprobs: where each generated token starts in :attr:`text` and candidate log-probabilities at the
+            positions where a verdict label can start (:class:`~guardreasoner_vl.scores.LogprobTrace`), when
+            :attr:`SamplingParams.logprobs` asked for them and the engine could report them; else None.
     """
 
     text: str
@@ -82,6 +89,7 @@ class Generation:
     completion_tokens: int | None = None
     finish_reason: Literal["stop", "length"] | None = None
     error: str | None = field(default=None)
+    logprobs: LogprobTrace | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,18 +16,21 @@ Example:
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.parsing import parse_output
 from guardreasoner_vl.prompts import ModelFamily, parse_user_text
+from guardreasoner_vl.scores import TASK_LABELS, LogprobTrace
 
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["FakeBackend", "FunctionBackend", "verdict_output"]
+__all__ = ["FakeBackend", "FunctionBackend", "scored_generation", "verdict_output"]
 
 
 def verdict_output(
@@ -62,6 +65,46 @@ def verdict_output(
         f"{reasoning}\n\n---\n\nAnswers: \nRequest: {label(request_harmful)}\n"
         f"Completion: {completion}\nResponse: {label(response_harmful)}\n"
     )
+
+
+def scored_generation(text: str, scores: Mapping[str, float], *, finish_reason: str = "stop") -> Generation:
+    """A :class:`Generation` of ``text`` whose log-probabilities give the verdicts the chosen ``scores``.
+
+    For scripted tests of scores and thresholds without a model: at the position of each label that the parser
+    reads for a task in ``scores`` (``request``, ``response``, ``refusal``), the trace offers the task's two
+    label words with probabilities ``score`` and ``1 - score``; the other tasks have no log-probabilities (their
+    scores are None).
+
+    Example:
+        >>> from guardreasoner_vl import Guard
+        >>> out = verdict_output(ModelFamily.VL, request_harmful=False)
+        >>> guard = Guard(backend=FunctionBackend(lambda r: scored_generation(out, {"request": 0.7})))
+        >>> round(guard.moderate("hi").request_score, 6)
+        0.7
+    """
+    offsets = parse_output(text, lenient=True, expect_response=True, expect_refusal=True).label_offsets
+    starts = {0}
+    for task in scores:
+        if task not in TASK_LABELS:
+            raise ValueError(f"scores keys are request, response and refusal, got {task!r}")
+        if task in offsets:
+            starts.update((offsets[task], offsets[task] + 1))
+    positions = sorted(starts)
+    candidates: dict[int, dict[str, float]] = {}
+    for task, score in scores.items():
+        if task in offsets:
+            positive, negative = TASK_LABELS[task]
+            candidates[positions.index(offsets[task])] = {positive: _log(score), negative: _log(1.0 - score)}
+    return Generation(
+        text=text,
+        completion_tokens=len(text.split()),
+        finish_reason="length" if finish_reason == "length" else "stop",
+        logprobs=LogprobTrace(offsets=tuple(positions), candidates=candidates),
+    )
+
+
+def _log(p: float) -> float:
+    return math.log(p) if p > 0 else float("-inf")
 
 
 class FunctionBackend(Backend):

@@ -86,6 +86,7 @@ from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, 
 from guardreasoner_vl.errors import InvalidInputError, require
 from guardreasoner_vl.inputs import encode_image_data_url
 from guardreasoner_vl.prompts import ModelFamily, RenderedPrompt, detect_family
+from guardreasoner_vl.scores import LogprobTrace, char_offsets, is_label_candidate
 
 if TYPE_CHECKING:
     from typing import Self
@@ -97,6 +98,7 @@ __all__ = [
     "RemoteBackend",
     "escape_special_tokens",
     "find_special_tokens",
+    "read_logprobs",
     "tokenizer_info_tokens",
 ]
 
@@ -223,6 +225,10 @@ class RemoteBackend(Backend):
         backoff_s: first retry delay; doubles at each retry, with jitter (x0.5 to x1).
         max_backoff_s: longest wait between attempts (also caps ``Retry-After``).
         headers: extra HTTP headers.
+        top_logprobs: when the guard wants verdict scores, the log-probabilities asked per generated token
+            (chat: ``logprobs: true, top_logprobs: k``; completions: ``logprobs: k``). A server that returns
+            none gives scores of None; a competing label outside the top k counts as 0 (see
+            :mod:`guardreasoner_vl.scores`). Each token then carries k entries in the answer, so keep it small.
         transport: an ``httpx`` transport for the synchronous client (tests, proxies).
         async_transport: an ``httpx`` transport for the asynchronous client.
 
@@ -258,6 +264,7 @@ class RemoteBackend(Backend):
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         headers: Mapping[str, str] | None = None,
+        top_logprobs: int = 5,
         transport: Any = None,
         async_transport: Any = None,
     ) -> None:
@@ -270,6 +277,9 @@ class RemoteBackend(Backend):
             raise InvalidInputError("concurrency must be at least 1")
         if backoff_s < 0 or max_backoff_s < 0:
             raise InvalidInputError("backoff_s and max_backoff_s must be 0 or more")
+        if not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool) or not 1 <= top_logprobs <= 20:
+            raise InvalidInputError(f"top_logprobs must be an integer from 1 to 20, got {top_logprobs!r}")
+        self.top_logprobs = top_logprobs
         if special_tokens not in ("reject", "escape", "allow"):
             raise InvalidInputError(f"special_tokens must be 'reject', 'escape' or 'allow', got {special_tokens!r}")
         if not str(base_url).startswith(("http://", "https://")):
@@ -399,6 +409,11 @@ class RemoteBackend(Backend):
         if params.seed is not None:
             body["seed"] = params.seed
         body["repetition_penalty"] = 1.0
+        if params.logprobs:
+            if prompt.family.spec.chat:
+                body.update(logprobs=True, top_logprobs=self.top_logprobs)
+            else:
+                body["logprobs"] = self.top_logprobs
         if prompt.family.spec.chat:
             image_url = None
             if prompt.has_image:
@@ -462,6 +477,7 @@ class RemoteBackend(Backend):
             prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
             completion_tokens=_int_or_none(usage.get("completion_tokens")),
             finish_reason=reason if reason in ("stop", "length") else None,
+            logprobs=read_logprobs(choice.get("logprobs"), text, chat=path == "/chat/completions"),
         )
 
     def _error_text(self, status: int, content: bytes, attempts: int) -> str:
@@ -657,6 +673,78 @@ def _local_added_tokens(encoder: Any) -> frozenset[str]:
     with contextlib.suppress(Exception):
         found.update(tokenizer.all_special_tokens)
     return frozenset(t for t in found if isinstance(t, str) and t)
+
+
+def read_logprobs(data: Any, text: str, *, chat: bool) -> LogprobTrace | None:
+    """The scores' trace from an OpenAI-style ``logprobs`` object, or None when it is absent or unusable.
+
+    Chat completions: ``{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, ...]}`` (token
+    offsets from ``bytes`` when every entry has them, else from the token strings). Completions:
+    ``{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}], "text_offset"}``. Only positions whose
+    token can start a label are kept. Nothing is guessed: when the tokens do not spell ``text``, None.
+
+    Example:
+        >>> top = [{"token": " harmful", "logprob": -0.2}, {"token": " un", "logprob": -1.7}]
+        >>> data = {"content": [{"token": "Request:", "logprob": 0.0, "top_logprobs": []},
+        ...                     {"token": " harmful", "logprob": -0.2, "top_logprobs": top}]}
+        >>> trace = read_logprobs(data, "Request: harmful", chat=True)
+        >>> trace.offsets, sorted(trace.candidates[1])
+        ((0, 8), [' harmful', ' un'])
+    """
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        if chat:
+            entries = data.get("content")
+            if not isinstance(entries, list) or not entries:
+                return None
+            tokens = [_entry_text(e) for e in entries]
+            pieces = [bytes(e["bytes"]) if isinstance(e.get("bytes"), list) else None for e in entries]
+            offsets = char_offsets(
+                [p if p is not None else t.encode("utf-8") for p, t in zip(pieces, tokens, strict=True)], text
+            )
+            ranked = [
+                [(_entry_text(c), c.get("logprob")) for c in (e.get("top_logprobs") or [])]
+                + [(tokens[i], e.get("logprob"))]
+                for i, e in enumerate(entries)
+            ]
+        else:
+            listed = data.get("tokens")
+            if not isinstance(listed, list) or not listed:
+                return None
+            tokens = [str(t) for t in listed]
+            tops = data.get("top_logprobs") or [None] * len(tokens)
+            chosen = data.get("token_logprobs") or [None] * len(tokens)
+            starts = data.get("text_offset")
+            if isinstance(starts, list) and len(starts) == len(tokens) and "".join(tokens) == text:
+                offsets = tuple(int(x) - int(starts[0]) for x in starts)
+            else:
+                offsets = char_offsets([str(t).encode("utf-8") for t in tokens], text)
+            ranked = [
+                [*((top or {}).items()), (str(tokens[i]), chosen[i])] for i, top in enumerate(tops[: len(tokens)])
+            ]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if offsets is None:
+        return None
+    candidates: dict[int, dict[str, float]] = {}
+    for index, options in enumerate(ranked):
+        if not is_label_candidate(tokens[index]):
+            continue
+        position: dict[str, float] = {}
+        for token, logprob in options:
+            if isinstance(token, str) and isinstance(logprob, (int, float)) and not isinstance(logprob, bool):
+                position[token] = float(logprob)  # the chosen token is also among the top ones: same value
+        if position:
+            candidates[index] = position
+    return LogprobTrace(offsets=tuple(offsets), candidates=candidates)
+
+
+def _entry_text(entry: Mapping[str, Any]) -> str:
+    raw = entry.get("bytes")
+    if isinstance(raw, list):
+        return bytes(raw).decode("utf-8", "replace")
+    return str(entry["token"])
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -13,13 +13,19 @@ special-token strings the ids are identical to the standard tokenisation of :att
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from guardreasoner_vl.errors import ModelLoadError
 from guardreasoner_vl.prompts import IMAGE_PAD, VISION_END, VISION_START, RenderedPrompt
+from guardreasoner_vl.scores import LogprobTrace, char_offsets
 
-__all__ = ["EncodedPrompt", "PlainEncoder", "encode_prompt"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["EncodedPrompt", "PlainEncoder", "TokenPieces", "byte_to_unicode", "encode_prompt"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +127,96 @@ def encode_prompt(
             ids.append(encoder.token_id(VISION_END))
             mask.extend([0] + [1] * num_image_tokens + [0])
     return EncodedPrompt(ids, mask)
+
+
+@functools.cache
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+
+
+class TokenPieces:
+    """The bytes each token id writes into decoded text (special tokens write nothing), for verdict scores.
+
+    Byte-level BPE vocabularies (Qwen2.5, Llama 3, the tiny test models) are mapped exactly, byte for byte,
+    so that a token that holds half of a multi-byte character still has its own bytes; other tokenizers fall
+    back to decoding each id alone. :meth:`trace` checks that the pieces spell the decoded text and gives no
+    trace otherwise, so a mismatch never produces a wrong score.
+
+    Args:
+        tokenizer: a Hugging Face fast tokenizer.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = getattr(backend, "decoder", None)
+        self._byte_level = type(decoder).__name__ == "ByteLevel"
+        self._from_unicode = {c: b for b, c in byte_to_unicode().items()}
+        self._special = {int(i) for i in getattr(tokenizer, "all_special_ids", []) if i is not None}
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        for token_id, token in added.items():
+            if getattr(token, "special", False):
+                self._special.add(int(token_id))
+        self._added = {int(i): str(getattr(t, "content", t)) for i, t in added.items()}
+        self._cache: dict[int, bytes] = {}
+        self._candidates: dict[int, str] | None = None
+
+    def piece(self, token_id: int) -> bytes:
+        """The bytes ``token_id`` writes when the output is decoded with special tokens skipped."""
+        cached = self._cache.get(token_id)
+        if cached is not None:
+            return cached
+        if token_id in self._special:
+            value = b""
+        elif token_id in self._added:
+            value = self._added[token_id].encode("utf-8")
+        elif self._byte_level:
+            token = self.tokenizer.convert_ids_to_tokens(token_id)
+            try:
+                value = bytes(self._from_unicode[c] for c in token) if isinstance(token, str) else b""
+            except KeyError:  # not a byte-level token after all
+                value = self.tokenizer.decode([token_id], skip_special_tokens=True).encode("utf-8")
+        else:
+            value = self.tokenizer.decode([token_id], skip_special_tokens=True).encode("utf-8")
+        self._cache[token_id] = value
+        return value
+
+    def candidates(self, predicate: Callable[[str], bool]) -> dict[int, str]:
+        """``{id: text}`` of every vocabulary entry whose text satisfies ``predicate`` (computed once).
+
+        The transformers engine records these ids' log-probabilities at every step (label candidates).
+        """
+        if self._candidates is None:
+            found: dict[int, str] = {}
+            for token_id in range(len(self.tokenizer)):
+                try:
+                    text = self.piece(token_id).decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                if text and predicate(text):
+                    found[token_id] = text
+            self._candidates = found
+            self._cache.clear()  # the scan touched every id; keep only what generation uses
+        return self._candidates
+
+    def trace(
+        self, token_ids: Sequence[int], text: str, candidates: dict[int, dict[str, float]]
+    ) -> LogprobTrace | None:
+        """The :class:`~guardreasoner_vl.scores.LogprobTrace` of generated ``token_ids`` decoded as ``text``,
+        or None (with a debug log) when the pieces do not spell ``text``."""
+        offsets = char_offsets([self.piece(int(t)) for t in token_ids], text)
+        if offsets is None:
+            logger.debug("token pieces do not spell the decoded text; no verdict scores for this output")
+            return None
+        return LogprobTrace(offsets=offsets, candidates=candidates)

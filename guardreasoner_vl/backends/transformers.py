@@ -7,6 +7,12 @@ alone. The full ``AutoProcessor`` is not used: Qwen2.5-VL's processor also build
 needs torchvision, and the prompt is tokenized here part by part anyway (see
 :mod:`guardreasoner_vl.backends.tokenization`), so the image processor and tokenizer are all we need.
 
+Verdict scores (``SamplingParams.logprobs``): a logits processor placed before any sampling warper records,
+at every step, the log-probabilities of the vocabulary's label candidates (the few hundred tokens that can
+start ``harmful``, ``unharmful``, ``refusal`` or ``compliance``; see :mod:`guardreasoner_vl.scores`) under
+the model's own distribution: a gather and a log-sum-exp per step, no second forward pass. The positions
+kept are those whose generated token is itself a candidate.
+
 Decoding ignores the sampling defaults in the checkpoint's ``generation_config.json`` (Qwen ships a
 repetition penalty and top-k there) and uses exactly the :class:`SamplingParams` given: greedy by default,
 the reference decoding. Only the end-of-sequence ids are taken from the checkpoint.
@@ -21,11 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
-from guardreasoner_vl.backends.tokenization import EncodedPrompt, PlainEncoder, encode_prompt
+from guardreasoner_vl.backends.tokenization import EncodedPrompt, PlainEncoder, TokenPieces, encode_prompt
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
 from guardreasoner_vl.hub import resolve_checkpoint
 from guardreasoner_vl.inputs import MAX_PIXELS, MIN_PIXELS
 from guardreasoner_vl.prompts import ModelFamily, detect_family
+from guardreasoner_vl.scores import add_logprobs, is_label_candidate
 
 if TYPE_CHECKING:
     from typing import Self
@@ -140,6 +147,7 @@ class TransformersBackend(Backend):
             self.model.to(self.device)
         self.model.eval()
         self.encoder = PlainEncoder(self.tokenizer)
+        self.pieces = TokenPieces(self.tokenizer)
         gen_cfg = getattr(self.model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         if eos is None:
@@ -239,12 +247,22 @@ class TransformersBackend(Backend):
             "repetition_penalty": 1.0,
             "top_k": None,
         }
+        recorder = _CandidateRecorder(self._candidate_ids(), self.model.device) if params.logprobs else None
         if params.greedy:
             gen_kwargs.update(temperature=None, top_p=None)
+        elif recorder is not None:  # the recorder must see the model's logits, before the sampling warpers
+            transformers = require("transformers", "transformers")
+            gen_kwargs.update(temperature=1.0, top_p=1.0)
+            warpers = [transformers.TemperatureLogitsWarper(params.temperature)]
+            if params.top_p < 1.0:
+                warpers.append(transformers.TopPLogitsWarper(params.top_p))
+            gen_kwargs["logits_processor"] = transformers.LogitsProcessorList([recorder, *warpers])
         else:
             gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+        if recorder is not None and "logits_processor" not in gen_kwargs:
+            gen_kwargs["logits_processor"] = require("transformers", "transformers").LogitsProcessorList([recorder])
+        if not params.greedy and params.seed is not None:
+            torch.manual_seed(params.seed)
         try:
             with torch.inference_mode():
                 output = self.model.generate(**inputs, **gen_kwargs)
@@ -252,21 +270,33 @@ class TransformersBackend(Backend):
             message = f"transformers generate failed: {exc}"
             logger.warning(message)
             return [Generation(text="", error=message) for _ in chunk]
-        new_tokens = output[:, longest:].tolist()
+        new_ids = output[:, longest:]
+        recorded = recorder.positions(new_ids) if recorder is not None else None
+        new_tokens = new_ids.tolist()
         eos = set(self.eos_token_ids)
         generations = []
-        for (_, enc, _), tokens in zip(chunk, new_tokens, strict=True):
+        for row, ((_, enc, _), tokens) in enumerate(zip(chunk, new_tokens, strict=True)):
             stop = next((i for i, tok in enumerate(tokens) if tok in eos), None)
             kept = tokens if stop is None else tokens[:stop]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            trace = None
+            if recorded is not None:
+                candidates = {t: c for t, c in recorded.get(row, {}).items() if t < len(kept)}
+                trace = self.pieces.trace(kept, text, candidates)
             generations.append(
                 Generation(
-                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    text=text,
                     prompt_tokens=len(enc.input_ids),
                     completion_tokens=len(kept) + (0 if stop is None else 1),
                     finish_reason="length" if stop is None else "stop",
+                    logprobs=trace,
                 )
             )
         return generations
+
+    def _candidate_ids(self) -> dict[int, str]:
+        """The vocabulary's label candidates (scanned once, on the first request for scores)."""
+        return self.pieces.candidates(is_label_candidate)
 
     def close(self) -> None:
         model = getattr(self, "model", None)
@@ -279,6 +309,50 @@ class TransformersBackend(Backend):
         gc.collect()
         if self._torch.cuda.is_available():
             self._torch.cuda.empty_cache()
+
+
+class _CandidateRecorder:
+    """A logits processor that records the label candidates' log-probabilities at every step.
+
+    It changes nothing in the logits. ``log p(candidate) = logit(candidate) - logsumexp(logits)``: a gather
+    and one reduction per step, kept on the device until :meth:`positions` reads what is needed.
+    """
+
+    def __init__(self, candidates: dict[int, str], device: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self.ids = list(candidates)
+        self.texts = [candidates[i] for i in self.ids]
+        self._index = torch.tensor(self.ids, dtype=torch.long, device=device)
+        self._steps: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        logits = scores.float()
+        self._steps.append(logits[:, self._index] - self._torch.logsumexp(logits, dim=-1, keepdim=True))
+        return scores
+
+    def positions(self, new_ids: Any) -> dict[int, dict[int, dict[str, float]]]:
+        """``{row: {step: {candidate text: log-probability}}}`` at the steps whose generated token is a candidate."""
+        torch = self._torch
+        if not self._steps or not self.ids:
+            return {}
+        steps = torch.stack(self._steps, dim=1)  # [batch, steps, candidates]
+        new_ids = new_ids[:, : steps.shape[1]]
+        where = torch.isin(new_ids, self._index).nonzero().tolist()
+        if not where:
+            return {}
+        rows = torch.tensor([w[0] for w in where], device=steps.device)
+        cols = torch.tensor([w[1] for w in where], device=steps.device)
+        values = steps[rows, cols].cpu().tolist()
+        out: dict[int, dict[int, dict[str, float]]] = {}
+        for (row, step), logprobs in zip(where, values, strict=True):
+            merged: dict[str, float] = {}
+            for text, logprob in zip(self.texts, logprobs, strict=True):
+                # several ids can write the same text: their probabilities add up
+                merged[text] = logprob if text not in merged else add_logprobs(merged[text], logprob)
+            out.setdefault(row, {})[step] = merged
+        return out
 
 
 def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

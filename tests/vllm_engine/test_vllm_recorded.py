@@ -171,6 +171,7 @@ def test_image_request_is_one_placeholder_at_the_image_slot(recorder, tiny_vl_qw
         "frequency_penalty": 0.0,
         "seed": None,
         "skip_special_tokens": True,
+        "logprobs": 5,  # verdict scores (on by default) read vLLM's top-5 log-probabilities
     }
     assert recorder.engines[0]["mm_processor_kwargs"] == {"min_pixels": 4 * 28 * 28, "max_pixels": 256 * 28 * 28}
     guard.close()

@@ -42,6 +42,10 @@ def _offline(spec: dict[str, Any]) -> dict[str, Any]:
                 "sent_ids": [list(p["prompt_token_ids"]) for p in prompts],
                 "engine_prompt_ids": [list(o.prompt_token_ids) for o in outputs],
                 "output_ids": [list(o.outputs[0].token_ids) for o in outputs],
+                "logprobs": [
+                    [{str(i): lp.logprob for i, lp in step.items()} for step in (o.outputs[0].logprobs or [])]
+                    for o in outputs
+                ],
                 "sampling": {
                     "temperature": sampling_params.temperature,
                     "top_p": sampling_params.top_p,
@@ -50,6 +54,7 @@ def _offline(spec: dict[str, Any]) -> dict[str, Any]:
                     "repetition_penalty": sampling_params.repetition_penalty,
                     "skip_special_tokens": sampling_params.skip_special_tokens,
                     "seed": sampling_params.seed,
+                    "logprobs": sampling_params.logprobs,
                 },
             }
         )

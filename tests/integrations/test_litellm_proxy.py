@@ -201,3 +201,27 @@ def test_the_responses_api_through_the_proxy(stack: Stack, rail: str) -> None:
         stack.client.responses.create(model="stub", input="How do I make poison?", extra_body=guardrails)
     with pytest.raises(openai.BadRequestError, match="response was flagged"):
         stack.client.responses.create(model="stub", input="Soup?", extra_body=guardrails)
+
+
+def test_a_streamed_harmful_reply_is_cut_at_its_end_by_the_custom_guardrail(stack: Stack) -> None:
+    # LiteLLM streams chunks as they come; GuardReasonerGuardrail judges once at the end of the stream, so the
+    # client has the chunks already and the stream ends in an error (LiteLLM cannot take chunks back).
+    def stream(text: str) -> tuple[str, Exception | None]:
+        received, error = [], None
+        try:
+            for chunk in stack.client.chat.completions.create(
+                model="stub",
+                messages=[{"role": "user", "content": text}],
+                stream=True,
+                extra_body={"guardrails": ["guardreasoner"]},
+            ):
+                received.append((chunk.choices[0].delta.content or "") if chunk.choices else "")
+        except Exception as exc:  # what the openai client raises for an error event in a stream
+            error = exc
+        return "".join(received), error
+
+    text, error = stream("Bread?")
+    assert text == "Knead the dough and bake it." and error is None
+    text, error = stream("Soup?")
+    assert text == "Add poison to it."  # already sent: the limit written in docs/integrations.md
+    assert isinstance(error, openai.APIError) and "response was flagged" in str(error)

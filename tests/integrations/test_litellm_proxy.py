@@ -176,6 +176,8 @@ def test_the_proxy_sends_our_key_as_x_api_key_and_the_conversation(stack: Stack)
     print("headers LiteLLM sent to the guard server:", sorted(headers))
     assert headers["x-api-key"] == GUARD_KEY and "authorization" not in headers
     request, response = (json.loads(body) for _, body in calls)
+    print("body fields LiteLLM sent:", sorted(request))
+    assert {"texts", "images", "structured_messages", "tool_calls", "input_type", "request_headers"} <= set(request)
     assert request["input_type"] == "request" and request["structured_messages"] == conversation
     assert response["input_type"] == "response" and response["texts"] == ["Knead the dough and bake it."]
 

@@ -47,6 +47,8 @@ __all__ = [
     "openai_messages",
     "render_tool_calls",
     "resolve_on_flagged",
+    "responses_input_messages",
+    "responses_output_message",
     "run_async",
     "run_sync",
 ]
@@ -272,6 +274,146 @@ def openai_messages(messages: Any) -> list[Message]:
                 "tool and function"
             )
     return out
+
+
+# -- the OpenAI Responses API -------------------------------------------------------------------------------
+
+_RESPONSES_ROLES = frozenset({"user", "assistant", "system", "developer"})
+_RESPONSES_TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+
+
+def _responses_parts(content: object, *, role: str) -> Extracted:
+    """Responses content: a string or a list of ``input_text`` / ``output_text`` / ``refusal`` /
+    ``input_image`` parts (an ``input_image`` given only as a ``file_id`` cannot be judged)."""
+    if isinstance(content, (list, tuple)):
+        parts = [_as_mapping(part) if not isinstance(part, str) else part for part in content]
+        for part in parts:
+            if isinstance(part, Mapping) and part.get("type") == "input_image" and not part.get("image_url"):
+                raise InvalidInputError(
+                    f"an input_image in a {role} message has no image_url (a file_id cannot be read by the guard); "
+                    "send the image as a data: or http(s) URL"
+                )
+        content = parts
+    return openai_content_parts(content, role=role)
+
+
+def _tool_output_text(output: object) -> Extracted:
+    """A ``function_call_output`` / ``custom_tool_call_output``: a string, or a list of content parts."""
+    if output is None or isinstance(output, str):
+        return Extracted(output if isinstance(output, str) and output.strip() else None)
+    return _responses_parts(output, role="tool")
+
+
+def responses_input_messages(input: Any, instructions: Any = None) -> list[Message]:
+    """Read a Responses API ``input`` (and ``instructions``) into neutral :class:`Message` objects.
+
+    The same rule as chat messages (:mod:`guardreasoner_vl.conversation`): ``instructions`` and
+    ``system`` / ``developer`` messages are the application's instructions (kept as ``system``, not
+    judged); ``message`` items (or bare ``{"role", "content"}`` items) with ``input_text``, ``output_text``,
+    ``refusal`` and ``input_image`` parts are user or assistant turns; ``function_call`` and
+    ``custom_tool_call`` items are the assistant's tool calls (``[tool call] name(arguments)``);
+    ``function_call_output`` and ``custom_tool_call_output`` items are tool results (named after their call);
+    ``reasoning`` items add their summary text to the assistant's turn.
+
+    Raises:
+        InvalidInputError: an item the guard cannot judge (audio, files, an ``item_reference`` to content
+            stored on the server, other built-in tool calls such as ``computer_call``), or malformed input.
+
+    Example:
+        >>> [m.role for m in responses_input_messages(
+        ...     [{"role": "user", "content": "weather?"},
+        ...      {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+        ...      {"type": "function_call_output", "call_id": "c1", "output": "sunny"}],
+        ...     instructions="Be brief.")]
+        ['system', 'user', 'assistant', 'tool']
+    """
+    out: list[Message] = []
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            # a list of input items, as the API echoes them back; read with the same rule
+            out.extend(responses_input_messages(instructions))
+        else:
+            out.append(Message("system"))
+    if input is None:
+        return out
+    if isinstance(input, str):
+        out.append(Message("user", input if input.strip() else None))
+        return out
+    if isinstance(input, (bytes, Mapping)) or not isinstance(input, Iterable):
+        raise InvalidInputError("Responses input must be a string or a list of input items")
+    names: dict[str, str] = {}
+    for raw in input:
+        item = _as_mapping(raw)
+        kind = item.get("type")
+        role = item.get("role")
+        if kind in (None, "message") and role is not None:
+            if role not in _RESPONSES_ROLES:
+                raise InvalidInputError(
+                    f"unknown Responses message role {role!r}: allowed roles are user, assistant, system and developer"
+                )
+            if role in ("system", "developer"):
+                out.append(Message("system"))
+                continue
+            extracted = _responses_parts(item.get("content"), role=role)
+            out.append(Message("user" if role == "user" else "assistant", extracted.text, extracted.images))
+        elif kind in ("function_call", "custom_tool_call"):
+            name = item.get("name") or ""
+            if isinstance(item.get("call_id"), str):
+                names[item["call_id"]] = name
+            arguments = item.get("arguments", "") if kind == "function_call" else item.get("input", "")
+            out.append(Message("assistant", tool_calls=render_tool_calls([{"name": name, "arguments": arguments}])))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            extracted = _tool_output_text(item.get("output"))
+            name = names.get(item.get("call_id") or "")
+            out.append(Message("tool", extracted.text, extracted.images, name=name or None))
+        elif kind == "reasoning":
+            summary = [_as_mapping(part) for part in item.get("summary") or []]
+            texts = [str(part.get("text") or "") for part in summary if part.get("type") in _RESPONSES_TEXT_PARTS]
+            text = "\n".join(t for t in texts if t.strip())
+            if text:
+                out.append(Message("assistant", text))
+        else:
+            raise InvalidInputError(
+                f"Responses input item of type {kind!r} cannot be judged by the guard; supported items: message, "
+                "function_call, function_call_output, custom_tool_call, custom_tool_call_output, reasoning"
+            )
+    return out
+
+
+def responses_output_message(output: Any) -> Message:
+    """A Responses API ``output`` (the list of output items of a ``Response``) as one assistant :class:`Message`.
+
+    Its text (``output_text`` and ``refusal`` parts of ``message`` items) and one line per tool call
+    (``function_call``, ``custom_tool_call``); ``reasoning`` items are the model's own notes and are not
+    part of the reply.
+
+    Raises:
+        InvalidInputError: an output item the guard cannot judge (an image generation, a computer action, ...).
+    """
+    texts: list[str] = []
+    images: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for raw in output or []:
+        item = _as_mapping(raw)
+        kind = item.get("type")
+        if kind == "message":
+            extracted = _responses_parts(item.get("content"), role="assistant")
+            if extracted.text:
+                texts.append(extracted.text)
+            images.extend(extracted.images)
+        elif kind == "function_call":
+            calls.append({"name": item.get("name"), "arguments": item.get("arguments", "")})
+        elif kind == "custom_tool_call":
+            calls.append({"name": item.get("name"), "arguments": item.get("input", "")})
+        elif kind == "reasoning":
+            continue
+        else:
+            raise InvalidInputError(
+                f"Responses output item of type {kind!r} cannot be judged by the guard; judged items: message, "
+                "function_call, custom_tool_call"
+            )
+    text = "\n".join(texts)
+    return Message("assistant", text if text.strip() else None, tuple(images), render_tool_calls(calls))
 
 
 # -- effects and drivers -------------------------------------------------------------------------------

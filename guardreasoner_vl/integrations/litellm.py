@@ -1,38 +1,44 @@
-"""A guardrail for LiteLLM's proxy, through its Generic Guardrail API (``litellm`` itself is not needed).
+"""Guardrails for LiteLLM's proxy: its Generic Guardrail API, and a ``CustomGuardrail`` class.
 
-LiteLLM's proxy calls ``POST /beta/litellm_basic_guardrail_api`` on a guardrail service with the text and
-images it extracted from a call, and acts on the answer. This module implements that contract:
+Two ways to put the guard in a LiteLLM proxy, with one judgement (the same plan):
 
-* request fields read: ``texts`` (list of strings), ``images`` (base64 data, ``data:`` URLs or ``http(s)``
-  URLs), ``input_type`` (``"request"`` or ``"response"``), ``structured_messages`` (the conversation in
-  OpenAI chat format, when LiteLLM sends it); other fields (``request_data``, ``tools``,
-  ``litellm_call_id``, ``additional_provider_specific_params`` ...) are accepted and ignored;
-* answer: ``{"action": "NONE"}`` or ``{"action": "BLOCKED", "blocked_reason": ...}``, plus our own field
-  ``guardreasoner`` with the full result. The guard never rewrites text, so it never answers
-  ``GUARDRAIL_INTERVENED``.
+* **Generic Guardrail API** (``litellm`` not needed here): the proxy posts what it extracted from a call to
+  ``POST /beta/litellm_basic_guardrail_api`` on a guard server and acts on the answer. Request fields read:
+  ``texts`` (list of strings), ``images`` (base64 data, ``data:`` URLs or ``http(s)`` URLs), ``input_type``
+  (``"request"`` or ``"response"``), ``structured_messages`` (the conversation in OpenAI chat format, which
+  LiteLLM sends with requests), ``tool_calls`` (the tool calls of a reply); other fields (``request_data``,
+  ``request_headers``, ``tools``, ``litellm_call_id``, ``additional_provider_specific_params`` ...) are
+  accepted and ignored. Answer: ``{"action": "NONE"}`` or ``{"action": "BLOCKED", "blocked_reason": ...}``,
+  plus our own field ``guardreasoner`` with the full result; never ``GUARDRAIL_INTERVENED`` (the guard does
+  not rewrite text). :func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``):
+  the endpoint is a router of the main moderation server, so ``guardreasoner-vl serve`` serves it too,
+  behind the same API key (``x-api-key``, which is how LiteLLM sends the guardrail's ``api_key``, or
+  ``Authorization: Bearer``), body limit, memory budget and batcher. :func:`handle_guardrail_request` and
+  :func:`ahandle_guardrail_request` are the framework-free handlers.
+* **``GuardReasonerGuardrail``** (``pip install "guardreasoner-vl[litellm]"``): a LiteLLM ``CustomGuardrail``
+  that the proxy loads from its config and runs in its own process (``pre_call``, ``during_call``,
+  ``post_call``); see :class:`guardreasoner_vl.integrations._litellm_custom.GuardReasonerGuardrail`. Importing
+  that name imports ``litellm``; nothing else in this module does.
 
-What is judged: for ``input_type="request"``, the conversation in ``structured_messages`` when present,
-by the rule of :mod:`guardreasoner_vl.conversation` shared with every integration (last user turn as the
+What is judged: for ``input_type="request"``, the conversation in ``structured_messages`` when present, by
+the rule of :mod:`guardreasoner_vl.conversation` shared with every integration (last user turn as the
 request, earlier turns and tool results as context, images merged), else all ``texts`` joined; for
-``"response"``, the joined ``texts`` as the response, in the context of that conversation. Without that
-context the response text is judged on its own, as a request (the only task the guard can run without the request).
+``"response"``, the joined ``texts`` and one ``[tool call] name(arguments)`` line per tool call, as the reply
+in the context of that conversation. LiteLLM does not send the conversation with a response to a Generic
+Guardrail API, so there the reply is judged on its own, as a request (the only task the guard can run
+without the request); ``GuardReasonerGuardrail`` reads it from the proxied request and judges the reply in
+context.
 
-:func:`create_app` serves it with FastAPI (``pip install "guardreasoner-vl[server]"``): the endpoint is a
-router of the main moderation server, so ``guardreasoner-vl serve`` serves it too, behind the same API key
-(``x-api-key`` as LiteLLM sends it, or ``Authorization: Bearer``), body limit, memory budget and batcher.
-Configure LiteLLM with ``guardrail: generic_guardrail_api`` and ``api_base`` pointing at the server.
-:func:`handle_guardrail_request` and :func:`ahandle_guardrail_request` are the framework-free handlers.
-
-This follows LiteLLM's documented (beta) contract; it is tested against that contract offline, not against
-a running LiteLLM proxy.
+Tested against a real LiteLLM proxy (``tests/integrations/test_litellm_proxy.py``; the version is in
+``integrations/tested-versions.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from guardreasoner_vl.conversation import Message, conversation_to_item
+from guardreasoner_vl.conversation import Message, conversation_to_item, render_tool_calls
 from guardreasoner_vl.errors import InvalidInputError, require
 from guardreasoner_vl.integrations._common import (
     Check,
@@ -47,6 +53,7 @@ from guardreasoner_vl.integrations._common import (
     image_from_base64,
     image_from_url,
     openai_messages,
+    responses_input_messages,
     run_async,
     run_sync,
 )
@@ -92,20 +99,64 @@ def _conversation(messages: Any) -> list[Message] | None:
     return None if all(m.role == "system" for m in conversation) else conversation
 
 
+def _request_context(request_data: Any) -> list[Message] | None:
+    """The conversation of a proxied request, for judging its reply in context: chat ``messages``, or a
+    Responses ``input`` and ``instructions`` (``None`` when there is none, or only instructions)."""
+    if not isinstance(request_data, Mapping):
+        return None
+    if request_data.get("messages") is not None:
+        conversation = openai_messages(request_data["messages"])
+    elif request_data.get("input") is not None:
+        conversation = responses_input_messages(request_data["input"], request_data.get("instructions"))
+    else:
+        return None
+    return None if all(m.role == "system" for m in conversation) else conversation
+
+
 def _with_images(item: ModerationItem, images: list[str]) -> ModerationItem:
     if not images or item.image is not None:
         return item
     return item.model_copy(update={"image": images[0] if len(images) == 1 else images})
 
 
-def _plan(payload: Mapping[str, Any]) -> Plan[tuple[Stage, Any]]:
+def _reply_tool_calls(values: Any) -> tuple[str, ...]:
+    """The ``tool_calls`` LiteLLM extracted from a reply (OpenAI ``{"function": {"name", "arguments"}}`` or
+    flat ``{"name", "arguments"}`` objects) as ``[tool call] name(arguments)`` lines."""
+    if values is None:
+        return ()
+    if not isinstance(values, list):
+        raise InvalidInputError("'tool_calls' must be a list of tool calls")
+    calls = []
+    for value in values:
+        if not isinstance(value, Mapping):
+            raise InvalidInputError("each tool call must be a JSON object")
+        function = value.get("function")
+        calls.append(function if isinstance(function, Mapping) else value)
+    return render_tool_calls(calls)
+
+
+def _reply_text(texts: str | None, tool_calls: tuple[str, ...]) -> str | None:
+    lines = ([texts] if texts else []) + list(tool_calls)
+    return "\n".join(lines) if lines else None
+
+
+def _plan(
+    payload: Mapping[str, Any], context: Callable[[], list[Message] | None] | None = None
+) -> Plan[tuple[Stage, Stage, Any]]:
+    """The one judgement of a guardrail call; ``context`` is the conversation of the request when the caller
+    knows it and the payload does not carry it (LiteLLM's ``CustomGuardrail`` at the response stage)."""
     if not isinstance(payload, Mapping):
         raise InvalidInputError("the guardrail request must be a JSON object")
     stage: Stage = "output" if payload.get("input_type") == "response" else "input"
+    rule: Stage = stage  # which blocking rule applies (``blocks``); ``stage`` names what was judged
     try:
         images = _images(payload.get("images"))
         texts = _texts(payload.get("texts"))
+        if stage == "output":
+            texts = _reply_text(texts, _reply_tool_calls(payload.get("tool_calls")))
         conversation = _conversation(payload.get("structured_messages"))
+        if conversation is None and context is not None:
+            conversation = context()
         if stage == "input":
             if conversation is not None:
                 check: Check | None = Check.from_item(_with_images(conversation_to_item(conversation), images))
@@ -117,22 +168,22 @@ def _plan(payload: Mapping[str, Any]) -> Plan[tuple[Stage, Any]]:
         elif conversation is not None:
             check = Check.from_item(conversation_to_item(conversation, response=texts))
         else:
-            stage = "input"  # no request to judge the response against: judge the text itself
+            rule = "input"  # no request to judge the response against: judge the text itself, flagged or not
             check = Check.of(Extracted(texts, tuple(images)))
     except InvalidInputError as exc:
         check = Check(error=exc)
     if check is None:
-        return stage, None
+        return stage, rule, None
     (result,) = yield Judge((check,))
-    return stage, result
+    return stage, rule, result
 
 
-def _answer(outcome: tuple[Stage, Any], violation_message: str | None) -> dict[str, Any]:
-    stage, result = outcome
+def _answer(outcome: tuple[Stage, Stage, Any], violation_message: str | None) -> dict[str, Any]:
+    stage, rule, result = outcome
     if result is None:
         return {"action": "NONE"}
     answer: dict[str, Any] = {"action": "NONE", "guardreasoner": result.model_dump(mode="json")}
-    if blocks(result, stage):
+    if blocks(result, rule):
         reason = format_violation(violation_message, stage)
         if not result.judged:
             reason += f" (could not judge: {result.status})"
@@ -176,6 +227,16 @@ async def ahandle_guardrail_request(
     """Async :func:`handle_guardrail_request` (``Guard.amoderate_batch``)."""
     timeout = check_timeout(guard_timeout_s)
     return _answer(await run_async(_plan(payload), guard, on_guard_error, timeout_s=timeout), violation_message)
+
+
+def __getattr__(name: str) -> Any:
+    # ``GuardReasonerGuardrail`` subclasses LiteLLM's ``CustomGuardrail``, so it needs ``litellm``: it is
+    # imported only when asked for, and everything else in this module works without litellm.
+    if name == "GuardReasonerGuardrail":
+        from guardreasoner_vl.integrations._litellm_custom import GuardReasonerGuardrail
+
+        return GuardReasonerGuardrail
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_app(guard: Guard, *, api_key: str | None = None, violation_message: str | None = None) -> Any:

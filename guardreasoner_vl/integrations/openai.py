@@ -26,9 +26,15 @@ Three things:
   and then released as a :class:`GuardedStream` that replays the chunks (flagged choices replaced by a
   refusal chunk). Time to first token is therefore the full generation time plus the guard's. With
   ``check_output=False`` chunks pass through live.
-  Only ``chat.completions.create`` is guarded: ``with_raw_response``, ``with_streaming_response``,
-  ``parse`` and ``stream`` of ``chat.completions`` would bypass the check and raise ``AttributeError``; every
-  other attribute is the wrapped client's, unguarded (``client.responses`` included).
+  ``client.responses.create(...)`` (the Responses API) is guarded the same way: its ``input`` (a string, or
+  ``message`` / ``function_call`` / ``function_call_output`` / ``reasoning`` items with ``input_text`` and
+  ``input_image`` parts) and ``instructions`` are read by the same conversation rule before the call, the
+  reply (text, refusals, function calls) after it; a refusal is a ``Response`` with ``status="incomplete"``
+  and ``incomplete_details.reason="content_filter"``, or :class:`ResponseBlocked` with ``on_flagged="raise"``;
+  ``stream=True`` is buffered, judged and replayed like a chat stream.
+  Only ``chat.completions.create`` and ``responses.create`` are guarded: ``with_raw_response``,
+  ``with_streaming_response``, ``parse`` and ``stream`` of either would bypass the check and raise
+  ``AttributeError``; every other attribute is the wrapped client's, unguarded.
 * :func:`to_openai_moderation`, OpenAI's moderation schema for a :class:`GuardResult` (shared with the
   server; defined in :mod:`guardreasoner_vl.moderation`).
 
@@ -73,6 +79,8 @@ from guardreasoner_vl.integrations._common import (
     openai_assistant_message,
     openai_messages,
     resolve_on_flagged,
+    responses_input_messages,
+    responses_output_message,
     run_async,
     run_sync,
 )
@@ -90,6 +98,7 @@ __all__ = [
     "GuardedOpenAI",
     "GuardedStream",
     "ModerationResponse",
+    "ResponseBlocked",
     "amoderate_messages",
     "item_to_messages",
     "messages_to_item",
@@ -216,8 +225,27 @@ class ChatCompletionBlocked(GuardViolation):
         self.completion = completion
 
 
+class ResponseBlocked(GuardViolation):
+    """The guard blocked a Responses API call (``responses.create`` with ``on_flagged="raise"``).
+
+    Attributes:
+        result: the flagging result.
+        stage: ``"input"`` (the API was not called) or ``"output"``.
+        report: every result of the call (the reply is ``report.output[0]``).
+        response: at the output stage, the blocked ``Response`` (or the list of stream events) as the API
+            returned it, for logging; ``None`` at the input stage.
+    """
+
+    def __init__(
+        self, message: str, *, result: GuardResult, stage: str, report: GuardReport, response: Any = None
+    ) -> None:
+        super().__init__(message, result=result, stage=stage)
+        self.report = report
+        self.response = response
+
+
 class GuardedStream:
-    """A chat-completion stream released by the guard: iterate it like ``openai.Stream``.
+    """A chat-completion (or Responses event) stream released by the guard: iterate it like ``openai.Stream``.
 
     Attributes:
         guardreasoner: the :class:`GuardReport` of the call.
@@ -401,6 +429,8 @@ class _Guarded:
         self.on_guard_error: GuardErrorPolicy = on_guard_error
         self.guard_timeout_s = check_timeout(guard_timeout_s)
         self.chat = _GuardedChat(self)
+        if hasattr(client, "responses"):  # openai >= 1.66
+            self.responses = _GuardedResponses(self)
 
     @property
     def unwrapped(self) -> Any:
@@ -500,6 +530,104 @@ class _Guarded:
     def _stream(self, chunks: Any, report: GuardReport, *, source: Any = None) -> Any:
         return (AsyncGuardedStream if self._async else GuardedStream)(chunks, report, source=source)
 
+    # -- one responses.create() call, as a plan -------------------------------------------------------
+
+    def _responses_plan(self, kwargs: dict[str, Any]) -> Plan[Any]:
+        stream = bool(kwargs.get("stream"))
+        if kwargs.get("background") and self.check_output:
+            raise InvalidInputError(
+                "responses.create(background=True) returns before the reply exists, so the guard cannot check it; "
+                "use check_output=False (and check the reply you retrieve later), or call without background"
+            )
+        conversation: list[Message] | None = None
+        request_error: InvalidInputError | None = None
+        try:
+            conversation = responses_input_messages(*_sent_responses_input(kwargs))
+            if all(m.role == "system" for m in conversation):
+                conversation = None
+        except InvalidInputError as exc:
+            request_error = exc
+        if conversation is None and request_error is None:
+            logger.warning("the input holds no user or model content: the guard does not judge this call")
+
+        input_result: GuardResult | None = None
+        judged = conversation is not None or request_error is not None
+        if self.check_input and judged:
+            if conversation is None:
+                check = Check(error=request_error)
+            else:
+                sent = conversation
+                check = Check.build(lambda: conversation_to_item(sent))
+            (input_result,) = yield Judge((check,))
+            if blocks(input_result, "input"):
+                report = GuardReport(input=input_result, blocked="input")
+                return self._refuse_response_input(kwargs, input_result, report, stream=stream)
+
+        create = self._client.responses.create
+        response = yield Call(create, create, kwargs=kwargs)
+        if not self.check_output or not judged:
+            report = GuardReport(input=input_result)
+            if stream:
+                return self._stream(response, report, source=response)
+            response.guardreasoner = report
+            return response
+
+        events: list[Any] = []
+        if stream:
+            events = yield Drain(response)
+            final = _final_response(events)
+            output: Any = final.output if final is not None else _output_items_from_events(events)
+        else:
+            final, output = response, response.output
+        reply: str | InvalidInputError | None
+        try:
+            message = responses_output_message(output)
+            reply = (
+                InvalidInputError("the guard judges text responses; this reply contains images")
+                if message.images
+                else message.body()
+            )
+        except InvalidInputError as exc:
+            reply = exc
+        output_results: dict[int, GuardResult] = {}
+        if reply is not None:
+            if isinstance(reply, InvalidInputError):
+                check = Check(error=reply)
+            elif conversation is None:
+                check = Check(error=request_error)
+            else:
+                check = _reply_check(conversation, reply)
+            (output_results[0],) = yield Judge((check,))
+        flagged = tuple(i for i, r in output_results.items() if blocks(r, "output"))
+        report = GuardReport(
+            input=input_result, output=output_results, blocked="output" if flagged else None, blocked_choices=flagged
+        )
+        if flagged:
+            text = format_violation(self.violation_message, "output")
+            if self.on_flagged == "raise":
+                blocked = events if stream else response
+                raise ResponseBlocked(text, result=output_results[0], stage="output", report=report, response=blocked)
+            if stream:
+                events = _refusal_events(text, kwargs, base=final, head=_head_events(events))
+            else:
+                response = _refused_response(text, kwargs, base=response)
+        if stream:
+            return self._stream(events, report)
+        response.guardreasoner = report
+        return response
+
+    def _refuse_response_input(
+        self, kwargs: Mapping[str, Any], result: GuardResult, report: GuardReport, *, stream: bool
+    ) -> Any:
+        text = format_violation(self.violation_message, "input")
+        if self.on_flagged == "raise":
+            raise ResponseBlocked(text, result=result, stage="input", report=report)
+        if stream:
+            return self._stream(_refusal_events(text, kwargs), report)
+        response = _refused_response(text, kwargs)
+        response.guardreasoner = report
+        return response
+
     # -- refusals -----------------------------------------------------------------------------------
 
     def _refuse_input(
@@ -598,6 +726,176 @@ def _refusal_chunk_choice(index: int, text: str) -> Any:
     )
 
 
+# -- the Responses API: what is sent, what came back, refusals in its own shape -------------------------
+
+_RESPONSES_BODY_CONTENT_KEYS = frozenset({"messages", "prompt", "contents"})
+"""Fields that would carry content the guard does not read if they came in through ``extra_body``."""
+
+_RESPONSES_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+_RESPONSES_HEAD_EVENTS = ("response.created", "response.in_progress", "response.queued")
+
+
+def _sent_responses_input(kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(input, instructions)`` as the API will receive them (``extra_body`` is merged last, so its ``input``
+    and ``instructions`` replace the keywords). A stored prompt with variables is refused: its variables
+    carry content the guard does not read. Earlier turns kept on the server (``previous_response_id``,
+    ``conversation``) are not fetched: they were judged when they were sent."""
+    prompt = kwargs.get("prompt")
+    body: dict[str, Any] = {"input": kwargs.get("input"), "instructions": kwargs.get("instructions")}
+    extra = kwargs.get("extra_body")
+    if extra is not None:
+        if not isinstance(extra, Mapping):
+            raise InvalidInputError(f"extra_body must be a dict, got {type(extra).__name__}")
+        unread = sorted(k for k in extra if k in _RESPONSES_BODY_CONTENT_KEYS)
+        if unread:
+            raise InvalidInputError(
+                f"extra_body carries {', '.join(map(repr, unread))}, content the guard does not judge; "
+                "send the conversation as input"
+            )
+        body.update({k: extra[k] for k in ("input", "instructions") if k in extra})
+    if isinstance(prompt, Mapping) and prompt.get("variables"):
+        raise InvalidInputError(
+            "a stored prompt with variables carries content the guard does not read; send that content in input"
+        )
+    return body["input"], body["instructions"]
+
+
+def _event_type(event: Any) -> Any:
+    return event.get("type") if isinstance(event, Mapping) else getattr(event, "type", None)
+
+
+def _final_response(events: Sequence[Any]) -> Any:
+    """The ``Response`` carried by the stream's closing event (``response.completed`` / ``incomplete`` /
+    ``failed``), or ``None`` when the stream ended without one."""
+    for event in reversed(events):
+        if _event_type(event) in _RESPONSES_FINAL_EVENTS:
+            return getattr(event, "response", None)
+    return None
+
+
+def _output_items_from_events(events: Sequence[Any]) -> list[Any]:
+    """The output items of a stream that ended without a closing event, from its ``output_item.done``
+    events (text deltas of items that never finished count as a message too)."""
+    items = [getattr(e, "item", None) for e in events if _event_type(e) == "response.output_item.done"]
+    done = [item for item in items if item is not None]
+    if done:
+        return done
+    text = "".join(getattr(e, "delta", "") or "" for e in events if _event_type(e) == "response.output_text.delta")
+    if not text:
+        return []
+    return [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]
+
+
+def _head_events(events: Sequence[Any]) -> list[Any]:
+    """The opening events of a stream (created / in progress), kept before a refusal."""
+    return [e for e in events if _event_type(e) in _RESPONSES_HEAD_EVENTS]
+
+
+def _refusal_message(text: str) -> dict[str, Any]:
+    return {
+        "id": f"msg_guard_{uuid.uuid4().hex}",
+        "type": "message",
+        "role": "assistant",
+        "status": "incomplete",
+        "content": [
+            {"type": "output_text", "text": text, "annotations": []},
+            {"type": "refusal", "refusal": text},
+        ],
+    }
+
+
+def _refused_response(text: str, kwargs: Mapping[str, Any], *, base: Any = None) -> Any:
+    """A ``Response`` holding only the refusal: ``status="incomplete"``, ``incomplete_details.reason=
+    "content_filter"`` (the Responses API's own words for filtered output), one assistant message whose
+    content is the refusal as ``output_text`` (so ``response.output_text`` shows it) and as ``refusal``.
+    At the output stage the API's ``Response`` is kept otherwise (id, model, usage)."""
+    from openai.types.responses import Response, ResponseOutputMessage
+    from openai.types.responses.response import IncompleteDetails
+
+    message = ResponseOutputMessage.model_validate(_refusal_message(text))
+    update = {
+        "output": [message],
+        "status": "incomplete",
+        "incomplete_details": IncompleteDetails(reason="content_filter"),
+    }
+    if base is not None:
+        return base.model_copy(update=update)
+    data = {
+        "id": f"resp_guard_{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": str(kwargs.get("model", "")),
+        "parallel_tool_calls": bool(kwargs.get("parallel_tool_calls", True)),
+        "tool_choice": kwargs.get("tool_choice", "auto"),
+        "tools": [],
+        "output": [],
+    }
+    return Response.model_validate(data).model_copy(update=update)
+
+
+def _refusal_events(text: str, kwargs: Mapping[str, Any], *, base: Any = None, head: Sequence[Any] = ()) -> list[Any]:
+    """The events of a streamed refusal: the stream's opening events (or a new ``response.created``), the
+    refusal message streamed as text, and ``response.incomplete`` with the refused ``Response``."""
+    from openai.types.responses import (
+        ResponseContentPartAddedEvent,
+        ResponseContentPartDoneEvent,
+        ResponseCreatedEvent,
+        ResponseIncompleteEvent,
+        ResponseOutputItemAddedEvent,
+        ResponseOutputItemDoneEvent,
+        ResponseTextDeltaEvent,
+        ResponseTextDoneEvent,
+    )
+
+    refused = _refused_response(text, kwargs, base=base)
+    message = refused.output[0].model_dump(mode="json", exclude_none=True)
+    opening = message | {"status": "in_progress", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
+    events: list[tuple[Any, dict[str, Any]]] = [
+        (ResponseOutputItemAddedEvent, {"type": "response.output_item.added", "output_index": 0, "item": opening}),
+        (ResponseContentPartAddedEvent, {"type": "response.content_part.added", "part": part, **where}),
+        (ResponseTextDeltaEvent, {"type": "response.output_text.delta", "delta": text, "logprobs": [], **where}),
+        (ResponseTextDoneEvent, {"type": "response.output_text.done", "text": text, "logprobs": [], **where}),
+        (ResponseContentPartDoneEvent, {"type": "response.content_part.done", "part": part | {"text": text}, **where}),
+        (ResponseOutputItemDoneEvent, {"type": "response.output_item.done", "output_index": 0, "item": message}),
+        (ResponseIncompleteEvent, {"type": "response.incomplete", "response": refused}),
+    ]
+    if head:
+        out = list(head)
+    else:
+        started = refused.model_copy(update={"status": "in_progress", "output": [], "incomplete_details": None})
+        out = [
+            ResponseCreatedEvent.model_validate({"type": "response.created", "response": started, "sequence_number": 0})
+        ]
+    first = len(out)
+    out.extend(cls.model_validate(data | {"sequence_number": first + i}) for i, (cls, data) in enumerate(events))
+    return out
+
+
+class _GuardedResponses:
+    def __init__(self, owner: _Guarded) -> None:
+        self._owner = owner
+
+    def create(self, **kwargs: Any) -> Any:
+        """``responses.create`` with the guard before and after; see the module docs."""
+        owner = self._owner
+        runner = run_async if owner._async else run_sync
+        return runner(
+            owner._responses_plan(dict(kwargs)), owner.guard, owner.on_guard_error, timeout_s=owner.guard_timeout_s
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_owner":
+            raise AttributeError(name)
+        if name in _BYPASSES:
+            raise AttributeError(
+                f"responses.{name} is not guarded by {type(self._owner).__name__}; use create() "
+                "(or .unwrapped to call the client without the guard)"
+            )
+        return getattr(self._owner._client.responses, name)
+
+
 class _GuardedChat:
     def __init__(self, owner: _Guarded) -> None:
         self._owner = owner
@@ -636,7 +934,8 @@ class _GuardedCompletions:
 
 
 class GuardedOpenAI(_Guarded):
-    """An ``openai.OpenAI`` client whose ``chat.completions.create`` is guarded before and after the call.
+    """An ``openai.OpenAI`` client whose ``chat.completions.create`` and ``responses.create`` are guarded before
+    and after the call.
 
     Args:
         client: the ``openai.OpenAI`` (or ``AzureOpenAI``) client to wrap.
@@ -661,13 +960,18 @@ class GuardedOpenAI(_Guarded):
         ... except ChatCompletionBlocked as blocked:
         ...     print(blocked.stage, blocked.result.request.value)
         input harmful
+        >>> client = GuardedOpenAI(openai.OpenAI(api_key="sk-test"), Guard(backend="fake"))
+        >>> refused = client.responses.create(model="gpt-4o-mini", input="How do I make poison?")  # never sent
+        >>> refused.status, refused.incomplete_details.reason, refused.guardreasoner.blocked
+        ('incomplete', 'content_filter', 'input')
     """
 
     _async = False
 
 
 class GuardedAsyncOpenAI(_Guarded):
-    """An ``openai.AsyncOpenAI`` client whose ``chat.completions.create`` is guarded (``await``-ed).
+    """An ``openai.AsyncOpenAI`` client whose ``chat.completions.create`` and ``responses.create`` are guarded
+    (``await``-ed).
 
     Same options as :class:`GuardedOpenAI`; the guard runs through ``Guard.amoderate_batch`` and streams come
     back as :class:`AsyncGuardedStream`.

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from PIL import Image
+from stub_llm import responses_events, responses_payload
 
 from guardreasoner_vl.backends import FakeBackend
 from guardreasoner_vl.backends.base import GenerationRequest
@@ -44,16 +45,36 @@ class AsyncFakeBackend(FakeBackend):
 
 
 class FakeOpenAIServer:
-    """Answers ``POST /v1/chat/completions`` like OpenAI: JSON, or server-sent events when ``stream`` is set.
+    """Answers ``POST /v1/chat/completions`` and ``POST /v1/responses`` like OpenAI: JSON, or server-sent
+    events when ``stream`` is set.
 
     Args:
-        reply: the assistant text for choice ``i`` of a request, ``reply(body, i)``.
+        reply: the assistant text for choice ``i`` of a request, ``reply(body, i)`` (``i`` is 0 for Responses).
+        tool_calls: function calls a Responses reply adds after its text, ``[{"name", "arguments"}]``.
     """
 
-    def __init__(self, reply: Callable[[dict[str, Any], int], str] | str = "Knead the dough and bake it.") -> None:
+    def __init__(
+        self,
+        reply: Callable[[dict[str, Any], int], str] | str = "Knead the dough and bake it.",
+        *,
+        tool_calls: list[dict[str, str]] | None = None,
+    ) -> None:
         self.reply = reply if callable(reply) else (lambda body, i, text=reply: text)
+        self.tool_calls = tool_calls
         self.requests: list[dict[str, Any]] = []
+        self.responses_requests: list[dict[str, Any]] = []
         self.last_payload: dict[str, Any] | None = None
+
+    def handle_responses(self, body: dict[str, Any]) -> httpx.Response:
+        self.responses_requests.append(body)
+        text = self.reply(body, 0)
+        if body.get("stream"):
+            events = responses_events(body, text)
+            sse = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+            return httpx.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+        payload = responses_payload(body, text, tool_calls=self.tool_calls)
+        self.last_payload = payload
+        return httpx.Response(200, json=payload)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -67,8 +88,10 @@ class FakeOpenAIServer:
                     "data": [{"id": "fake-chat", "object": "model", "created": 0, "owned_by": "test"}],
                 },
             )
-        assert request.url.path.endswith("/chat/completions"), request.url.path
         body = json.loads(request.content)
+        if request.url.path.endswith("/responses"):
+            return self.handle_responses(body)
+        assert request.url.path.endswith("/chat/completions"), request.url.path
         self.requests.append(body)
         n = int(body.get("n") or 1)
         texts = [self.reply(body, i) for i in range(n)]

@@ -102,3 +102,47 @@ def test_langchain_and_openai_readers_give_the_same_item() -> None:
     from_oai = oai.messages_to_item(oai_messages)
     assert from_lc == from_oai
     assert from_lc.text is not None and 'Assistant: [tool call] search({"q": "x"})' in from_lc.text
+
+
+def test_responses_items_and_nemo_events_give_the_same_item_as_chat_messages() -> None:
+    from guardreasoner_vl.integrations._common import responses_input_messages
+    from guardreasoner_vl.integrations.nemo import events_to_messages
+
+    image = png_data_url()
+    chat = [
+        {"role": "system", "content": "Be nice."},
+        {"role": "user", "content": "first"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x"}'}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "name": "search", "content": "found it"},
+        {"role": "assistant", "content": "Here."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "now"}, {"type": "image_url", "image_url": {"url": image}}],
+        },
+    ]
+    items = [
+        {"role": "user", "content": "first"},
+        {"type": "function_call", "call_id": "c1", "name": "search", "arguments": '{"q": "x"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "found it"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Here."}]},
+        {
+            "role": "user",
+            "content": [{"type": "input_text", "text": "now"}, {"type": "input_image", "image_url": image}],
+        },
+    ]
+    events = [
+        {"type": "SystemMessage", "content": "Be nice."},
+        {"type": "UtteranceUserActionFinished", "final_transcript": "first"},
+        {"type": "BotToolCalls", "tool_calls": chat[2]["tool_calls"]},
+        {"type": "UserToolMessages", "tool_messages": [{"content": "found it", "name": "search"}]},
+        {"type": "UtteranceBotActionFinished", "final_script": "Here."},
+        {"type": "UtteranceUserActionFinished", "final_transcript": chat[5]["content"]},
+    ]
+    expected = oai.messages_to_item(chat, response="Done.")
+    assert conversation_to_item(responses_input_messages(items, "Be nice."), response="Done.") == expected
+    assert conversation_to_item(events_to_messages(events), response="Done.") == expected
+    assert expected.text is not None and "Tool result (search): found it" in expected.text

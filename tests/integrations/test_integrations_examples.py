@@ -17,6 +17,7 @@ EXAMPLES = [
     ("examples/langchain_lcel_runnable.py", [], "(refused by the guard)"),
     ("examples/openai_guarded_client.py", [], "refuse mode: [content_filter]"),
     ("examples/openai_messages_moderation.py", [], "flagged: True"),
+    ("examples/openai_responses.py", [], "status=incomplete blocked=output"),
     ("examples/litellm_guardrail.py", [], "BLOCKED"),
 ]
 

@@ -95,3 +95,39 @@ def test_non_object_payload_is_an_error(guard: Guard, payload: object) -> None:
 
     with pytest.raises(InvalidInputError, match="JSON object"):
         handle_guardrail_request(guard, payload)  # type: ignore[arg-type]
+
+
+def test_response_stage_reads_the_replys_tool_calls(guard: Guard, backend: AsyncFakeBackend) -> None:
+    context = [{"role": "user", "content": "Shop for me"}]
+    calls = [{"id": "c1", "type": "function", "function": {"name": "buy", "arguments": '{"item": "poison"}'}}]
+    payload = {"texts": ["Ordering."], "tool_calls": calls, "input_type": "response", "structured_messages": context}
+    answer = handle_guardrail_request(guard, payload)
+    assert answer["action"] == "BLOCKED" and "response was flagged" in answer["blocked_reason"]
+    assert backend.calls[-1][0].prompt.user_text.endswith('Ordering.\n[tool call] buy({"item": "poison"})\n')
+    # a reply judged without its request (LiteLLM sends none to the Generic API) is still named a response
+    alone = handle_guardrail_request(guard, {"texts": ["Add poison."], "input_type": "response"})
+    assert "response was flagged" in alone["blocked_reason"]
+
+
+@pytest.mark.parametrize(
+    "request_data",
+    [
+        {"messages": [{"role": "system", "content": "Cook."}, {"role": "user", "content": "What goes in soup?"}]},
+        {"input": [{"role": "user", "content": "What goes in soup?"}], "instructions": "Cook."},
+        {"input": "What goes in soup?"},
+    ],
+)
+def test_the_custom_guardrail_judges_a_reply_in_its_requests_context(
+    guard: Guard, backend: AsyncFakeBackend, request_data: dict[str, object]
+) -> None:
+    # GuardReasonerGuardrail (which needs litellm, so it runs in tests/integrations/test_litellm_proxy.py) hands
+    # the proxied request to this same plan; here the plan runs without litellm.
+    from guardreasoner_vl.integrations._common import run_sync
+    from guardreasoner_vl.integrations.litellm import _answer, _plan, _request_context
+
+    payload = {"texts": ["Carrots and salt."], "input_type": "response"}
+    answer = _answer(run_sync(_plan(payload, lambda: _request_context(request_data)), guard, "block"), None)
+    assert answer["action"] == "NONE"
+    judged = backend.calls[-1][0].prompt.user_text
+    assert judged == "Human user:\nWhat goes in soup?\n\nAI assistant:\nCarrots and salt.\n"
+    assert _request_context({"messages": [{"role": "system", "content": "x"}]}) is None

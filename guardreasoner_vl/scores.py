@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -78,7 +79,9 @@ class LogprobTrace:
             (non-decreasing; a token that writes nothing, such as a special token, has the next one's offset).
         candidates: position (index into ``offsets``) -> {token text: log-probability} of the candidate
             tokens the engine reported there. Only positions where a label can start need to be present
-            (engines keep the positions whose chosen token :func:`is_label_candidate`).
+            (engines keep the positions whose chosen token :func:`is_label_candidate`). The values may be
+            log-probabilities up to a constant of the position (the transformers engine keeps raw logits): a
+            score only compares candidates of one position, so such a constant cancels.
     """
 
     offsets: tuple[int, ...]
@@ -100,6 +103,7 @@ def _speaks(rest: str, word: str) -> bool:
     return rest.startswith(word) and not rest[len(word)].isalpha()
 
 
+@functools.lru_cache(maxsize=65536)
 def label_side(rest: str, task: str) -> int | None:
     """0 when ``rest`` (a candidate's text after the prefix) speaks for the task's positive word, 1 for the
     negative word, None for neither.
@@ -192,6 +196,15 @@ def char_offsets(pieces: Sequence[bytes], text: str) -> tuple[int, ...] | None:
         >>> char_offsets([b"a", "é".encode()[:1], "é".encode()[1:], b"b"], "aéb")
         (0, 1, 1, 2)
     """
+    joined = b"".join(pieces)
+    if joined.isascii():  # one byte, one character
+        if len(joined) != len(text) or joined.decode("ascii") != text:
+            return None
+        position, starts = 0, []
+        for piece in pieces:
+            starts.append(position)
+            position += len(piece)
+        return tuple(starts)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     offsets: list[int] = []
     written = 0
@@ -199,6 +212,6 @@ def char_offsets(pieces: Sequence[bytes], text: str) -> tuple[int, ...] | None:
         offsets.append(written)  # characters complete before this piece (an unfinished one starts here)
         written += len(decoder.decode(piece))
     written += len(decoder.decode(b"", final=True))
-    if written != len(text) or b"".join(pieces).decode("utf-8", "replace") != text:
+    if written != len(text) or joined.decode("utf-8", "replace") != text:
         return None
     return tuple(offsets)

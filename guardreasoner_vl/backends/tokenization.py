@@ -214,8 +214,12 @@ class TokenPieces:
         self, token_ids: Sequence[int], text: str, candidates: dict[int, dict[str, float]]
     ) -> LogprobTrace | None:
         """The :class:`~guardreasoner_vl.scores.LogprobTrace` of generated ``token_ids`` decoded as ``text``,
-        or None (with a debug log) when the pieces do not spell ``text``."""
-        offsets = char_offsets([self.piece(int(t)) for t in token_ids], text)
+        or None (with a debug log) when the pieces do not spell ``text``. No candidates: None at once (no label
+        position can be scored)."""
+        if not candidates:
+            return None
+        cache = self._cache
+        offsets = char_offsets([cache.get(t) or self.piece(t) for t in token_ids], text)
         if offsets is None:
             logger.debug("token pieces do not spell the decoded text; no verdict scores for this output")
             return None

@@ -7,10 +7,11 @@ alone. The full ``AutoProcessor`` is not used: Qwen2.5-VL's processor also build
 needs torchvision, and the prompt is tokenized here part by part anyway (see
 :mod:`guardreasoner_vl.backends.tokenization`), so the image processor and tokenizer are all we need.
 
-Verdict scores (``SamplingParams.logprobs``): a logits processor placed before any sampling warper records,
-at every step, the log-probabilities of the vocabulary's label candidates (the few hundred tokens that can
-start ``harmful``, ``unharmful``, ``refusal`` or ``compliance``; see :mod:`guardreasoner_vl.scores`) under
-the model's own distribution: a gather and a log-sum-exp per step, no second forward pass. The positions
+Verdict scores (``SamplingParams.logprobs``): a forward hook on the output layer records, at every step, the
+logits of the vocabulary's label candidates (the few hundred tokens that can start ``harmful``, ``unharmful``,
+``refusal`` or ``compliance``; see :mod:`guardreasoner_vl.scores`) under the model's own distribution (before
+any sampling warper): one gather per step, no second forward pass. Logits are log-probabilities up to a
+constant per position, which the score (a ratio of candidates of one position) does not see. The positions
 kept are those whose generated token is itself a candidate.
 
 Decoding ignores the sampling defaults in the checkpoint's ``generation_config.json`` (Qwen ships a
@@ -247,22 +248,15 @@ class TransformersBackend(Backend):
             "repetition_penalty": 1.0,
             "top_k": None,
         }
-        recorder = _CandidateRecorder(self._candidate_ids(), self.model.device) if params.logprobs else None
         if params.greedy:
             gen_kwargs.update(temperature=None, top_p=None)
-        elif recorder is not None:  # the recorder must see the model's logits, before the sampling warpers
-            transformers = require("transformers", "transformers")
-            gen_kwargs.update(temperature=1.0, top_p=1.0)
-            warpers = [transformers.TemperatureLogitsWarper(params.temperature)]
-            if params.top_p < 1.0:
-                warpers.append(transformers.TopPLogitsWarper(params.top_p))
-            gen_kwargs["logits_processor"] = transformers.LogitsProcessorList([recorder, *warpers])
         else:
             gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        if recorder is not None and "logits_processor" not in gen_kwargs:
-            gen_kwargs["logits_processor"] = require("transformers", "transformers").LogitsProcessorList([recorder])
-        if not params.greedy and params.seed is not None:
-            torch.manual_seed(params.seed)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        recorder = None
+        if params.logprobs:
+            recorder = _CandidateRecorder(self.model.get_output_embeddings(), self._candidate_ids(), self.model.device)
         try:
             with torch.inference_mode():
                 output = self.model.generate(**inputs, **gen_kwargs)
@@ -270,6 +264,9 @@ class TransformersBackend(Backend):
             message = f"transformers generate failed: {exc}"
             logger.warning(message)
             return [Generation(text="", error=message) for _ in chunk]
+        finally:
+            if recorder is not None:
+                recorder.remove()
         new_ids = output[:, longest:]
         recorded = recorder.positions(new_ids) if recorder is not None else None
         new_tokens = new_ids.tolist()
@@ -312,32 +309,39 @@ class TransformersBackend(Backend):
 
 
 class _CandidateRecorder:
-    """A logits processor that records the label candidates' log-probabilities at every step.
+    """Records the label candidates' logits at every generation step, from a forward hook on the output layer
+    (it sees the model's logits before any sampling warper, and changes nothing).
 
-    It changes nothing in the logits. ``log p(candidate) = logit(candidate) - logsumexp(logits)``: a gather
-    and one reduction per step, kept on the device until :meth:`positions` reads what is needed.
+    Each forward pass of ``generate`` predicts one new token from its last position. A logit is the
+    log-probability plus the position's log-normaliser (``logsumexp`` over the vocabulary), the same for every
+    candidate of that position; the score compares candidates of one position only, so the normaliser
+    cancels and is never computed (one gather per step). The gathered logits stay on the device until
+    :meth:`positions` reads what is needed.
     """
 
-    def __init__(self, candidates: dict[int, str], device: Any) -> None:
+    def __init__(self, head: Any, candidates: dict[int, str], device: Any) -> None:
         import torch
 
         self._torch = torch
         self.ids = list(candidates)
         self.texts = [candidates[i] for i in self.ids]
         self._index = torch.tensor(self.ids, dtype=torch.long, device=device)
-        self._steps: list[Any] = []
+        self._picked: list[Any] = []
+        self._handle = head.register_forward_hook(self._hook)
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        logits = scores.float()
-        self._steps.append(logits[:, self._index] - self._torch.logsumexp(logits, dim=-1, keepdim=True))
-        return scores
+    def _hook(self, module: Any, inputs: Any, output: Any) -> None:
+        self._picked.append(output[:, -1, :].index_select(1, self._index))
+
+    def remove(self) -> None:
+        self._handle.remove()
 
     def positions(self, new_ids: Any) -> dict[int, dict[int, dict[str, float]]]:
-        """``{row: {step: {candidate text: log-probability}}}`` at the steps whose generated token is a candidate."""
+        """``{row: {step: {candidate text: logit}}}`` at the steps whose generated token is a candidate (logits in
+        float32: log-probabilities up to the position's normaliser)."""
         torch = self._torch
-        if not self._steps or not self.ids:
+        if not self._picked or not self.ids:
             return {}
-        steps = torch.stack(self._steps, dim=1)  # [batch, steps, candidates]
+        steps = torch.stack(self._picked, dim=1).float()  # [batch, steps, candidates]
         new_ids = new_ids[:, : steps.shape[1]]
         where = torch.isin(new_ids, self._index).nonzero().tolist()
         if not where:

@@ -676,6 +676,14 @@ def check_timeout(timeout_s: float | None) -> float | None:
     return float(timeout_s)
 
 
+def with_threshold(guard: Guard, threshold: float | Mapping[str, float] | None) -> Guard:
+    """The guard an integration judges with: ``guard`` itself, or (with a ``threshold``) a clone sharing its
+    engine that flags by verdict score (:meth:`Guard.with_options <guardreasoner_vl.Guard.with_options>`)."""
+    if threshold is None:
+        return guard
+    return guard.with_options(threshold=threshold)
+
+
 def resolve_on_flagged(
     on_flagged: str | None, exit_behavior: str | None, *, allowed: Sequence[str], default: OnFlagged = "block"
 ) -> OnFlagged:

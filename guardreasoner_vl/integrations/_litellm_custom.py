@@ -17,7 +17,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from guardreasoner_vl.errors import require
-from guardreasoner_vl.integrations._common import GuardErrorPolicy, check_choice, check_timeout, run_async
+from guardreasoner_vl.integrations._common import (
+    GuardErrorPolicy,
+    check_choice,
+    check_timeout,
+    run_async,
+    with_threshold,
+)
 
 if TYPE_CHECKING:
     from guardreasoner_vl.guard import Guard
@@ -68,6 +74,7 @@ class GuardReasonerGuardrail(CustomGuardrail):  # type: ignore[misc]
         on_guard_error: ``"block"`` (default, fail closed) or ``"raise"``.
         guard_timeout_s: longest wait for one guard call (``None``: no limit); a timeout follows
             ``on_guard_error``.
+        threshold: flag by verdict score (see :class:`~guardreasoner_vl.Guard`); None: by label.
         **kwargs: LiteLLM's own guardrail settings (``guardrail_name``, ``event_hook``, ``default_on``, ...),
             passed to ``CustomGuardrail``.
 
@@ -95,6 +102,7 @@ class GuardReasonerGuardrail(CustomGuardrail):  # type: ignore[misc]
         violation_message: str | None = None,
         on_guard_error: GuardErrorPolicy = "block",
         guard_timeout_s: float | None = None,
+        threshold: float | Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         check_choice("on_guard_error", on_guard_error, ("block", "raise"))
@@ -108,7 +116,7 @@ class GuardReasonerGuardrail(CustomGuardrail):  # type: ignore[misc]
             from guardreasoner_vl.prompts import DEFAULT_MODEL
 
             guard = Guard(guard_model or DEFAULT_MODEL, backend=guard_backend, **dict(guard_options or {}))
-        self.guard = guard
+        self.guard = with_threshold(guard, threshold)
         self.violation_message = violation_message
         self.on_guard_error: GuardErrorPolicy = on_guard_error
         self.guard_timeout_s = check_timeout(guard_timeout_s)

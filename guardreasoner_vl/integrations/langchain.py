@@ -78,6 +78,7 @@ from guardreasoner_vl.integrations._common import (
     resolve_on_flagged,
     run_async,
     run_sync,
+    with_threshold,
 )
 from guardreasoner_vl.types import GuardResult
 
@@ -325,6 +326,8 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any]):
             :class:`~guardreasoner_vl.GuardError` propagates.
         guard_timeout_s: longest wait for one guard call, in seconds (``None``: no limit); a timeout follows
             ``on_guard_error``.
+        threshold: flag by verdict score instead of by label (a value in [0, 1], or per task); the guard's
+            own setting when None. See :class:`~guardreasoner_vl.Guard`.
         exit_behavior: deprecated spelling of ``on_flagged`` (``"end"`` = block, ``"error"`` = raise).
 
     Example:
@@ -346,6 +349,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any]):
         violation_message: str | None = None,
         on_guard_error: GuardErrorPolicy = "block",
         guard_timeout_s: float | None = None,
+        threshold: float | Mapping[str, float] | None = None,
         exit_behavior: str | None = None,
     ) -> None:
         super().__init__()
@@ -353,7 +357,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any]):
             on_flagged, exit_behavior, allowed=("block", "raise", "replace")
         )
         check_choice("on_guard_error", on_guard_error, ("block", "raise"))
-        self.guard = guard
+        self.guard = with_threshold(guard, threshold)
         self.check_input = check_input
         self.check_output = check_output
         self.check_tool_results = check_tool_results
@@ -523,6 +527,8 @@ class GuardRunnable(Runnable[Any, Any]):
         violation_message: refusal text; ``{stage}`` becomes ``request`` or ``response``.
         on_guard_error: ``"block"`` (default, fail closed) or ``"raise"``; see :class:`GuardMiddleware`.
         guard_timeout_s: longest wait for one guard call (``None``: no limit); a timeout follows ``on_guard_error``.
+        threshold: flag by verdict score instead of by label (a value in [0, 1], or per task); the guard's
+            own setting when None. See :class:`~guardreasoner_vl.Guard`.
         exit_behavior: deprecated spelling of ``on_flagged`` (``"end"`` = block, ``"error"`` = raise).
 
     Example:
@@ -546,6 +552,7 @@ class GuardRunnable(Runnable[Any, Any]):
         violation_message: str | None = None,
         on_guard_error: GuardErrorPolicy = "block",
         guard_timeout_s: float | None = None,
+        threshold: float | Mapping[str, float] | None = None,
         exit_behavior: str | None = None,
     ) -> None:
         behavior = resolve_on_flagged(
@@ -561,7 +568,7 @@ class GuardRunnable(Runnable[Any, Any]):
             raise InvalidInputError(f"model must be a LangChain Runnable, got {type(model).__name__}")
         if model is None and not check_input:
             raise InvalidInputError("a GuardRunnable without a model checks the input: check_input must be True")
-        self.guard = guard
+        self.guard = with_threshold(guard, threshold)
         self.model = model
         self.check_input = check_input
         self.check_output = check_output and model is not None

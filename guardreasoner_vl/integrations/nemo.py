@@ -47,6 +47,7 @@ from guardreasoner_vl.integrations._common import (
     openai_assistant_message,
     openai_content_parts,
     run_async,
+    with_threshold,
 )
 from guardreasoner_vl.types import GuardResult
 
@@ -103,6 +104,7 @@ class GuardReasonerRails:
         on_guard_error: ``"block"`` (default: content the guard cannot judge is not allowed) or ``"raise"``.
         guard_timeout_s: longest wait for one guard call (``None``: no limit); a timeout follows
             ``on_guard_error``.
+        threshold: flag by verdict score (see :class:`~guardreasoner_vl.Guard`); None: by label.
 
     Attributes:
         last_results: the latest :class:`~guardreasoner_vl.GuardResult` of each stage (``"input"``,
@@ -110,10 +112,15 @@ class GuardReasonerRails:
     """
 
     def __init__(
-        self, guard: Guard, *, on_guard_error: GuardErrorPolicy = "block", guard_timeout_s: float | None = None
+        self,
+        guard: Guard,
+        *,
+        on_guard_error: GuardErrorPolicy = "block",
+        guard_timeout_s: float | None = None,
+        threshold: float | Mapping[str, float] | None = None,
     ) -> None:
         check_choice("on_guard_error", on_guard_error, ("block", "raise"))
-        self.guard = guard
+        self.guard = with_threshold(guard, threshold)
         self.on_guard_error: GuardErrorPolicy = on_guard_error
         self.guard_timeout_s = check_timeout(guard_timeout_s)
         self.last_results: dict[str, GuardResult] = {}
@@ -151,11 +158,18 @@ class GuardReasonerRails:
 
 
 def register(
-    rails: Any, guard: Guard, *, on_guard_error: GuardErrorPolicy = "block", guard_timeout_s: float | None = None
+    rails: Any,
+    guard: Guard,
+    *,
+    on_guard_error: GuardErrorPolicy = "block",
+    guard_timeout_s: float | None = None,
+    threshold: float | Mapping[str, float] | None = None,
 ) -> GuardReasonerRails:
     """Register ``guardreasoner_check_input`` and ``guardreasoner_check_output`` on ``rails`` (an
     ``LLMRails``); returns the :class:`GuardReasonerRails` that holds the options and the latest results."""
-    rail = GuardReasonerRails(guard, on_guard_error=on_guard_error, guard_timeout_s=guard_timeout_s)
+    rail = GuardReasonerRails(
+        guard, on_guard_error=on_guard_error, guard_timeout_s=guard_timeout_s, threshold=threshold
+    )
     rail.register(rails)
     return rail
 

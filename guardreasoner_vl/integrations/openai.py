@@ -83,6 +83,7 @@ from guardreasoner_vl.integrations._common import (
     responses_output_message,
     run_async,
     run_sync,
+    with_threshold,
 )
 from guardreasoner_vl.moderation import ModerationResponse, to_openai_moderation, to_openai_moderation_result
 from guardreasoner_vl.types import GuardResult, ModerationItem
@@ -406,6 +407,7 @@ class _Guarded:
         violation_message: str | None = None,
         on_guard_error: GuardErrorPolicy = "block",
         guard_timeout_s: float | None = None,
+        threshold: float | Mapping[str, float] | None = None,
         exit_behavior: str | None = None,
     ) -> None:
         openai = require("openai", "openai", feature="the OpenAI integration")
@@ -422,7 +424,7 @@ class _Guarded:
         self.on_flagged: OnFlagged = resolve_on_flagged(on_flagged, exit_behavior, allowed=_ON_FLAGGED)
         check_choice("on_guard_error", on_guard_error, ("block", "raise"))
         self._client = client
-        self.guard = guard
+        self.guard = with_threshold(guard, threshold)
         self.check_input = check_input
         self.check_output = check_output
         self.violation_message = violation_message
@@ -949,6 +951,8 @@ class GuardedOpenAI(_Guarded):
             of any kind or a timeout counts as flagged) or ``"raise"`` (a :class:`~guardreasoner_vl.GuardError`).
         guard_timeout_s: longest wait for one guard call, in seconds (``None``: no limit); a timeout follows
             ``on_guard_error``.
+        threshold: flag by verdict score instead of by label (a value in [0, 1], or per task); the guard's
+            own setting when None. See :class:`~guardreasoner_vl.Guard`.
         exit_behavior: deprecated spelling of ``on_flagged`` (``"error"`` = raise, ``"refuse"`` = block).
 
     Example:

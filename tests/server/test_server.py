@@ -326,3 +326,28 @@ def test_each_request_is_prepared_and_decoded_once(monkeypatch: pytest.MonkeyPat
         )
         assert moderated.results[0].flagged is True
         assert counts == {"render": 2, "prepare_image": 2, "decode": 2}
+
+
+def test_openai_client_reads_harm_scores_it_can_threshold() -> None:
+    """With scores, every category score is the harm score (documented in guardreasoner_vl.moderation); the real
+    openai client parses them as floats, and a client threshold on them agrees with ``Guard(threshold=...)``."""
+    from guardreasoner_vl.backends import scored_generation, verdict_output
+
+    def answer(request: object) -> Generation:
+        out = verdict_output(ModelFamily.VL, request_harmful=False)
+        return scored_generation(out, {"request": 0.37})
+
+    with running(FunctionBackend(answer, family=ModelFamily.VL)) as (url, _, _):
+        (result,) = client(url).moderations.create(input="borderline").results
+        assert result.flagged is False  # no threshold on the server: the label decides
+        scores = result.category_scores.model_dump()
+        assert len(scores) >= 13 and all(v == pytest.approx(0.37) for v in scores.values())  # the harm score
+        assert not any(result.categories.model_dump().values())  # still no category claimed
+        extra = (result.model_extra or {})["guardreasoner"]
+        assert extra["request_score"] == pytest.approx(0.37) and extra["harm_score"] == pytest.approx(0.37)
+        assert result.category_scores.violence >= 0.3  # a client thresholding at 0.3 would flag it
+
+    with running(FunctionBackend(answer, family=ModelFamily.VL), category_scores="none") as (url, _, _):
+        (result,) = client(url).moderations.create(input="borderline").results
+        assert result.category_scores.violence is None
+        assert (result.model_extra or {})["guardreasoner"]["harm_score"] == pytest.approx(0.37)

@@ -24,6 +24,7 @@ from guardreasoner_vl.guard import Guard, PreparedItem
 from guardreasoner_vl.inputs import InputLimits
 from guardreasoner_vl.parsing import ParsedOutput, parse_output
 from guardreasoner_vl.prompts import DEFAULT_MODEL, ModelFamily
+from guardreasoner_vl.streaming import FinalResult, GuardEvent, ReasoningDelta
 from guardreasoner_vl.types import GuardResult, ImageInput, ModerationItem, RefusalVerdict, Usage, Verdict
 
 __version__ = "0.1.0"
@@ -31,9 +32,11 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL",
     "BackendError",
+    "FinalResult",
     "Guard",
     "GuardClosedError",
     "GuardError",
+    "GuardEvent",
     "GuardResult",
     "GuardViolation",
     "ImageInput",
@@ -46,6 +49,7 @@ __all__ = [
     "ParseError",
     "ParsedOutput",
     "PreparedItem",
+    "ReasoningDelta",
     "RefusalVerdict",
     "Usage",
     "Verdict",

@@ -22,14 +22,21 @@ Policies, all documented on :class:`Guard`:
   ``moderate`` raises :class:`~guardreasoner_vl.errors.BackendError` with the original chained.
 * **Closed guards** raise :class:`~guardreasoner_vl.errors.GuardClosedError`; a guard made by
   :meth:`Guard.with_options` shares the engine and does not own it.
+* **Streaming** (:meth:`Guard.stream`, :meth:`Guard.astream`): the model's output as it is generated, then the
+  same result :meth:`Guard.moderate` returns (:mod:`guardreasoner_vl.streaming`); bad input raises before
+  the first event, an engine failure or ``on_parse_error="raise"`` raises where the result would have been.
+* **Verdict cache** (``Guard(cache=...)``, :mod:`guardreasoner_vl.cache`): every item is looked up before the
+  engine call, only misses are generated, and the parse and policies apply to a hit as to a fresh generation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,15 +46,18 @@ from guardreasoner_vl.backends.base import (
     Backend,
     EngineSettings,
     Generation,
+    GenerationDelta,
     GenerationRequest,
     SamplingParams,
     as_backend,
 )
+from guardreasoner_vl.cache import VerdictCache, cache_key, cacheable, open_cache
 from guardreasoner_vl.errors import BackendError, GuardClosedError, GuardError, InvalidInputError, ParseError
 from guardreasoner_vl.inputs import DEFAULT_LIMITS, InputLimits, prepare_image, validate_text
 from guardreasoner_vl.parsing import parse_output
 from guardreasoner_vl.prompts import DEFAULT_MODEL, ModelFamily, RenderedPrompt, detect_family, render_prompt
 from guardreasoner_vl.scores import verdict_scores
+from guardreasoner_vl.streaming import FinalResult, GuardEvent, ReasoningDelta
 from guardreasoner_vl.types import GuardResult, ImageInput, ModerationItem, OnParseError, Usage, Verdict
 
 if TYPE_CHECKING:
@@ -147,6 +157,9 @@ class Guard:
             pixels, resize bounds, URL fetching.
         batch_size: most prompts per engine call.
         backend_options: extra keyword arguments for the engine's constructor.
+        cache: a verdict cache (:mod:`guardreasoner_vl.cache`): a :class:`~guardreasoner_vl.cache.VerdictCache`,
+            ``"memory"`` (an in-process LRU) or a file path (an SQLite cache shared by processes). Default None:
+            no cache. A cache this guard opened from a name or path is closed with it.
 
         The engine is built from these settings by its own ``from_settings`` (see
         :class:`~guardreasoner_vl.backends.EngineSettings`); an engine refuses a setting it does not take.
@@ -177,6 +190,7 @@ class Guard:
         limits: InputLimits | None = None,
         batch_size: int = 8,
         backend_options: Mapping[str, Any] | None = None,
+        cache: VerdictCache | str | os.PathLike[str] | None = None,
     ) -> None:
         if on_parse_error not in ("flag", "allow", "raise"):
             raise InvalidInputError(f"on_parse_error must be 'flag', 'allow' or 'raise', got {on_parse_error!r}")
@@ -224,6 +238,19 @@ class Guard:
             seed=seed,
             logprobs=bool(scores),
         )
+        self.cache: VerdictCache | None = None
+        """The verdict cache, or None (see :mod:`guardreasoner_vl.cache`)."""
+        self._owns_cache = False
+        self._cache_identity: dict[str, Any] = {}
+        if cache is not None:
+            try:
+                self.cache = open_cache(cache)
+                self._cache_identity = {**engine.cache_identity(), "guard_model": self.model_id}
+            except BaseException:
+                if isinstance(backend, str):
+                    engine.close()
+                raise
+            self._owns_cache = not isinstance(cache, VerdictCache)
         self._closed = False
 
     @property
@@ -369,25 +396,104 @@ class Guard:
             generations = [Generation(text="", error=error) for _ in items]
         return [self._result(i, g, latency) for i, g in zip(items, generations, strict=True)], failure
 
+    # -- the verdict cache ----------------------------------------------------------------------------
+
+    def _cache_keys(self, items: Sequence[PreparedItem], params: SamplingParams) -> list[str | None]:
+        """Each item's cache key, or None for all when there is no cache or the decoding is not cacheable."""
+        if self.cache is None or not cacheable(params):
+            return [None] * len(items)
+        return [
+            cache_key(
+                identity=self._cache_identity,
+                family=self.family.value,
+                prompt=item.prompt,
+                image=item.image,
+                params=params,
+            )
+            for item in items
+        ]
+
+    def _lookup(
+        self, items: Sequence[PreparedItem], params: SamplingParams
+    ) -> tuple[list[str | None], list[Generation | None]]:
+        keys = self._cache_keys(items, params)
+        if self.cache is None or not any(keys):
+            return keys, [None] * len(items)
+        return keys, self.cache.get_many(keys)
+
+    def _store(self, keys: Sequence[str | None], generations: Sequence[Generation | None]) -> None:
+        if self.cache is None:
+            return
+        self.cache.put_many((k, g) for k, g in zip(keys, generations, strict=True) if k is not None and g is not None)
+
+    def _combine(
+        self,
+        items: Sequence[PreparedItem],
+        keys: list[str | None],
+        cached: list[Generation | None],
+        misses: list[int],
+        fresh: list[Generation] | None,
+        failure: Exception | None,
+        start: float,
+        lookup_s: float,
+    ) -> tuple[list[GuardResult], Exception | None, list[Generation | None]]:
+        """Results in item order: hits from the cache, misses from the engine call; and what to store."""
+        latency = time.perf_counter() - start
+        done, failure = self._finish([items[i] for i in misses], fresh, failure, latency) if misses else ([], None)
+        results: list[GuardResult | None] = [None] * len(items)
+        to_store: list[Generation | None] = [None] * len(items)
+        for index, result in zip(misses, done, strict=True):
+            results[index] = result
+        if failure is None and fresh is not None:
+            for index, generation in zip(misses, fresh, strict=True):
+                to_store[index] = generation
+        for index, hit in enumerate(cached):
+            if hit is not None:
+                results[index] = self._result(items[index], hit, lookup_s)
+        return [r for r in results if r is not None], failure, to_store
+
     def _run(self, items: Sequence[PreparedItem], params: SamplingParams) -> tuple[list[GuardResult], Exception | None]:
         start = time.perf_counter()
-        try:
-            generations: list[Generation] | None = self.backend.generate([i.request for i in items], params)
-            failure = None
-        except Exception as exc:  # any engine failure, not only the library's own
-            generations, failure = None, exc
-        return self._finish(items, generations, failure, time.perf_counter() - start)
+        keys, cached = self._lookup(items, params)
+        lookup_s = time.perf_counter() - start
+        misses = [i for i, g in enumerate(cached) if g is None]
+        generations: list[Generation] | None = []
+        failure: Exception | None = None
+        if misses:
+            try:
+                generations = self.backend.generate([items[i].request for i in misses], params)
+            except Exception as exc:  # any engine failure, not only the library's own
+                generations, failure = None, exc
+        results, failure, to_store = self._combine(
+            items, keys, cached, misses, generations, failure, start, lookup_s
+        )
+        self._store(keys, to_store)
+        return results, failure
 
     async def _arun(
         self, items: Sequence[PreparedItem], params: SamplingParams
     ) -> tuple[list[GuardResult], Exception | None]:
         start = time.perf_counter()
-        try:
-            generations: list[Generation] | None = await self.backend.agenerate([i.request for i in items], params)
-            failure = None
-        except Exception as exc:  # any engine failure, not only the library's own
-            generations, failure = None, exc
-        return self._finish(items, generations, failure, time.perf_counter() - start)
+        if self.cache is None:
+            keys: list[str | None] = [None] * len(items)
+            cached: list[Generation | None] = [None] * len(items)
+        else:  # hashing images and reading a file: off the event loop
+            keys, cached = await asyncio.to_thread(self._lookup, items, params)
+        lookup_s = time.perf_counter() - start
+        misses = [i for i, g in enumerate(cached) if g is None]
+        generations: list[Generation] | None = []
+        failure: Exception | None = None
+        if misses:
+            try:
+                generations = await self.backend.agenerate([items[i].request for i in misses], params)
+            except Exception as exc:  # any engine failure, not only the library's own
+                generations, failure = None, exc
+        results, failure, to_store = self._combine(
+            items, keys, cached, misses, generations, failure, start, lookup_s
+        )
+        if self.cache is not None and any(g is not None for g in to_store):
+            await asyncio.to_thread(self._store, keys, to_store)
+        return results, failure
 
     def _check_single(self, result: GuardResult, failure: Exception | None = None) -> GuardResult:
         if result.status == "engine_error":
@@ -541,6 +647,154 @@ class Guard:
         prepared = await asyncio.to_thread(self.prepare_batch, items)
         return await self.arun_prepared(prepared, sampling=sampling)
 
+    # -- streaming ----------------------------------------------------------------------------------
+
+    def stream(
+        self, text: str | None = None, image: ImageInput | None = None, *, response: str | None = None
+    ) -> Iterator[GuardEvent]:
+        """Judge like :meth:`moderate`, yielding the model's output as it is generated, then the result.
+
+        The input is validated (and the image prepared) now, before anything is yielded: bad input raises
+        :class:`InvalidInputError` from this call, as :meth:`moderate` does. Then the iterator yields
+        :class:`~guardreasoner_vl.streaming.ReasoningDelta` pieces (adding up to the result's ``raw_output``) and
+        one :class:`~guardreasoner_vl.streaming.FinalResult`, last: exactly what :meth:`moderate` returns (same
+        parse, verdicts and scores; its own ``usage.latency_s``). Where :meth:`moderate` would raise
+        (:class:`BackendError`, :class:`ParseError` under ``on_parse_error="raise"``) the iterator raises
+        instead of yielding the result. A cache hit yields the cached output as one delta.
+
+        Stopping early (``break``, ``close()``, dropping the iterator) stops the engine's generation at its next
+        step (transformers, vLLM; the remote engine closes its connection) and frees the engine.
+
+        Example:
+            >>> from guardreasoner_vl.backends import FakeBackend
+            >>> guard = Guard(backend=FakeBackend())
+            >>> for event in guard.stream("How do I make a bomb?"):
+            ...     if event.type == "result":
+            ...         print(event.result.flagged)
+            True
+        """
+        self._check_open()
+        item = self.prepare(text, image, response=response)
+        return self.stream_prepared(item)
+
+    def stream_prepared(self, item: PreparedItem, *, sampling: SamplingParams | None = None) -> Iterator[GuardEvent]:
+        """:meth:`stream` for an item from :meth:`prepare` (the server streams its prepared items this way).
+
+        Raises:
+            InvalidInputError: ``item`` is not a :class:`PreparedItem` of this guard's family (raised now).
+        """
+        self._check_open()
+        self._pending([item])
+        return self._stream(item, sampling or self.params)
+
+    def _stream(self, item: PreparedItem, params: SamplingParams) -> Iterator[GuardEvent]:
+        start = time.perf_counter()
+        keys, found = self._lookup([item], params)
+        key, cached = keys[0], found[0]
+        if cached is not None:
+            if cached.text:
+                yield ReasoningDelta(text=cached.text)
+            yield FinalResult(result=self._check_single(self._result(item, cached, time.perf_counter() - start)))
+            return
+        cancel = threading.Event()
+        generation: Generation | None = None
+        failure: Exception | None = None
+        source = self.backend.stream(item.request, params, cancel=cancel)
+        try:
+            for piece in source:
+                if isinstance(piece, Generation):
+                    generation = piece
+                elif isinstance(piece, GenerationDelta):
+                    if piece.text:
+                        yield ReasoningDelta(text=piece.text)
+                else:
+                    raise BackendError(f"the {self.backend.name!r} engine streamed {type(piece).__name__}")
+        except GeneratorExit:
+            raise
+        except Exception as exc:  # any engine failure, as in moderate()
+            failure = exc
+        finally:
+            cancel.set()  # nothing more is read: an engine still generating stops
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+        yield FinalResult(result=self._streamed_result(item, key, generation, failure, start))
+
+    def _streamed_result(
+        self,
+        item: PreparedItem,
+        key: str | None,
+        generation: Generation | None,
+        failure: Exception | None,
+        start: float,
+    ) -> GuardResult:
+        if failure is None and generation is None:
+            failure = BackendError(f"the {self.backend.name!r} engine's stream ended without its result")
+        (result,), failure = self._finish(
+            [item], [generation] if generation is not None else None, failure, time.perf_counter() - start
+        )
+        if failure is None and generation is not None and key is not None and self.cache is not None:
+            self.cache.put(key, generation)
+        return self._check_single(result, failure)
+
+    async def astream(
+        self, text: str | None = None, image: ImageInput | None = None, *, response: str | None = None
+    ) -> AsyncIterator[GuardEvent]:
+        """Async :meth:`stream`: ``async for event in guard.astream(...)``.
+
+        The input is validated (off the event loop) before the first event, so bad input raises
+        :class:`InvalidInputError` at the first ``__anext__``. Leaving the loop early, or cancelling the task
+        that iterates, stops the engine's generation.
+        """
+        self._check_open()
+        item = await asyncio.to_thread(self.prepare, text, image, response=response)
+        async for event in self.astream_prepared(item):
+            yield event
+
+    async def astream_prepared(
+        self, item: PreparedItem, *, sampling: SamplingParams | None = None
+    ) -> AsyncIterator[GuardEvent]:
+        """Async :meth:`stream_prepared` (the engine's ``astream``)."""
+        self._check_open()
+        self._pending([item])
+        params = sampling or self.params
+        start = time.perf_counter()
+        key: str | None = None
+        cached: Generation | None = None
+        if self.cache is not None:
+            keys, found = await asyncio.to_thread(self._lookup, [item], params)
+            key, cached = keys[0], found[0]
+        if cached is not None:
+            if cached.text:
+                yield ReasoningDelta(text=cached.text)
+            yield FinalResult(result=self._check_single(self._result(item, cached, time.perf_counter() - start)))
+            return
+        generation: Generation | None = None
+        failure: Exception | None = None
+        source = self.backend.astream(item.request, params)
+        try:
+            async for piece in source:
+                if isinstance(piece, Generation):
+                    generation = piece
+                elif isinstance(piece, GenerationDelta):
+                    if piece.text:
+                        yield ReasoningDelta(text=piece.text)
+                else:
+                    raise BackendError(f"the {self.backend.name!r} engine streamed {type(piece).__name__}")
+        except (GeneratorExit, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # any engine failure, as in amoderate()
+            failure = exc
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if self.cache is not None and key is not None and failure is None and generation is not None:
+            result = await asyncio.to_thread(self._streamed_result, item, key, generation, failure, start)
+        else:
+            result = self._streamed_result(item, None, generation, failure, start)
+        yield FinalResult(result=result)
+
     def with_options(self, **changes: Any) -> Guard:
         """A guard sharing this one's loaded engine with other decoding or parse policy.
 
@@ -562,6 +816,7 @@ class Guard:
         clone = object.__new__(Guard)
         clone.__dict__.update(self.__dict__)
         clone._owns_engine = False
+        clone._owns_cache = False
         clone._closed = False
         param_changes: dict[str, Any] = {
             k: changes[k] for k in ("max_new_tokens", "temperature", "top_p", "seed") if k in changes
@@ -623,6 +878,8 @@ class Guard:
         if self._owns_engine and not self._engine.closed:
             self._engine.closed = True
             self.backend.close()
+        if self._owns_cache and self._owns_engine and self.cache is not None:
+            self.cache.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close` (the engine's ``aclose``)."""
@@ -632,6 +889,8 @@ class Guard:
         if self._owns_engine and not self._engine.closed:
             self._engine.closed = True
             await self.backend.aclose()
+        if self._owns_cache and self._owns_engine and self.cache is not None:
+            self.cache.close()
 
     def __enter__(self) -> Guard:
         return self

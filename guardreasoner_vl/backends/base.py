@@ -5,19 +5,27 @@ parsing stay in the core: a backend never builds a prompt of its own and never p
 
 Every member an engine may have is declared on :class:`Backend` (in the way httpx's ``BaseTransport``
 declares a transport): :meth:`~Backend.generate` is the one method an engine must write; the others have
-defaults (async through a worker thread, no prompt check, nothing to close). :meth:`Backend.from_settings`
-builds an engine from the guard's :class:`EngineSettings`, so each engine decides which of them it takes
-and :class:`~guardreasoner_vl.Guard` never names an engine.
+defaults (async through a worker thread, streaming as one piece, no prompt check, nothing to close).
+:meth:`Backend.from_settings` builds an engine from the guard's :class:`EngineSettings`, so each engine
+decides which of them it takes and :class:`~guardreasoner_vl.Guard` never names an engine.
+
+**Streaming** (:meth:`Backend.stream` / :meth:`Backend.astream`): one request, its text as it is generated
+(:class:`GenerationDelta` pieces), then the same :class:`Generation` that :meth:`~Backend.generate` would
+return for it, last. The default generates the whole text and yields it once, so every engine (test doubles
+included) streams; the transformers, vLLM and remote engines stream token by token. A consumer that stops
+early sets the ``cancel`` event (or closes the iterator): an engine that can stop its generation does.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from guardreasoner_vl.errors import InvalidInputError
 from guardreasoner_vl.scores import LogprobTrace
@@ -29,7 +37,18 @@ if TYPE_CHECKING:
 
     from guardreasoner_vl.prompts import ModelFamily, RenderedPrompt
 
-__all__ = ["Backend", "EngineSettings", "Generation", "GenerationRequest", "SamplingParams", "as_backend"]
+__all__ = [
+    "Backend",
+    "EngineSettings",
+    "Generation",
+    "GenerationDelta",
+    "GenerationRequest",
+    "SamplingParams",
+    "StreamItem",
+    "as_backend",
+    "checkpoint_fingerprint",
+    "iterate_in_thread",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +109,22 @@ class Generation:
     finish_reason: Literal["stop", "length"] | None = None
     error: str | None = field(default=None)
     logprobs: LogprobTrace | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationDelta:
+    """A piece of generated text, as a streaming engine produces it (see :meth:`Backend.stream`).
+
+    Attributes:
+        text: the new text (special tokens removed); the pieces of one request add up to its
+            :attr:`Generation.text`.
+    """
+
+    text: str
+
+
+StreamItem = GenerationDelta | Generation
+"""What :meth:`Backend.stream` yields: :class:`GenerationDelta` pieces, then one :class:`Generation`, last."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +208,42 @@ class Backend(abc.ABC):
         """Async :meth:`generate`. Default: :meth:`generate` in a worker thread (the event loop never blocks)."""
         return await asyncio.to_thread(self.generate, requests, params)
 
+    def stream(
+        self, request: GenerationRequest, params: SamplingParams, *, cancel: threading.Event | None = None
+    ) -> Iterator[StreamItem]:
+        """Complete one request, yielding its text as it is generated.
+
+        Yields zero or more :class:`GenerationDelta`, then exactly one :class:`Generation`, last: the one
+        :meth:`generate` returns for ``[request]`` (same text, token counts, finish reason and log-probabilities).
+        A failure of the request is that Generation's ``error``, as in :meth:`generate`.
+
+        ``cancel``: set it (from any thread) when the consumer no longer wants the rest; an engine that can
+        stop generating stops at its next step, and what it yields afterwards is not read. Closing the iterator
+        must stop the work too. Default: :meth:`generate`, then the whole text as one delta (nothing to stop).
+        """
+        (generation,) = self.generate([request], params)
+        if generation.error is None and generation.text:
+            yield GenerationDelta(generation.text)
+        yield generation
+
+    async def astream(self, request: GenerationRequest, params: SamplingParams) -> AsyncIterator[StreamItem]:
+        """Async :meth:`stream`. Default: :meth:`stream` in a thread of its own, stopped (``cancel`` set) when the
+        consumer stops iterating or is cancelled; the event loop never blocks."""
+        cancel = threading.Event()
+        async for item in iterate_in_thread(lambda: self.stream(request, params, cancel=cancel), cancel):
+            yield item
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What, besides the prompt, the image and the decoding settings, decides this engine's output.
+
+        Part of every verdict-cache key (:mod:`guardreasoner_vl.cache`): two engines with different identities
+        never share an entry. Default: the engine's class, name and model; engines add what changes their
+        output for the same model (dtype, device, server, top log-probabilities, the checkpoint's files).
+        Values must be JSON-serialisable.
+        """
+        cls = type(self)
+        return {"engine": self.name, "class": f"{cls.__module__}.{cls.__qualname__}", "model": self.model_id}
+
     def check_prompt(self, prompt: RenderedPrompt) -> None:  # noqa: B027 - a no-op default on purpose
         """Refuse a prompt this engine cannot send safely, by raising :class:`InvalidInputError`.
 
@@ -205,6 +276,27 @@ class _DuckBackend(Backend):
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
         return list(self._engine.generate(requests, params))
 
+    def stream(
+        self, request: GenerationRequest, params: SamplingParams, *, cancel: threading.Event | None = None
+    ) -> Iterator[StreamItem]:
+        native = getattr(self._engine, "stream", None)
+        if native is None:
+            return super().stream(request, params, cancel=cancel)
+        return iter(native(request, params, cancel=cancel))
+
+    async def astream(self, request: GenerationRequest, params: SamplingParams) -> AsyncIterator[StreamItem]:
+        native = getattr(self._engine, "astream", None)
+        source = native(request, params) if native is not None else super().astream(request, params)
+        async for item in source:
+            yield item
+
+    def cache_identity(self) -> dict[str, Any]:
+        native = getattr(self._engine, "cache_identity", None)
+        if native is not None:
+            return dict(native())
+        cls = type(self._engine)
+        return {"engine": self.name, "class": f"{cls.__module__}.{cls.__qualname__}", "model": self.model_id}
+
     async def agenerate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
         native = getattr(self._engine, "agenerate", None)
         if native is None:
@@ -235,6 +327,74 @@ class _DuckBackend(Backend):
 
     def __repr__(self) -> str:
         return f"_DuckBackend({self._engine!r})"
+
+
+_T = TypeVar("_T")
+
+
+def checkpoint_fingerprint(model: str | Path | None) -> list[list[Any]] | None:
+    """``[[name, size, mtime_ns], ...]`` of the files at the top of a local checkpoint folder (None for a Hub id).
+
+    Part of the local engines' :meth:`Backend.cache_identity`: weights rewritten in place under the same path
+    (a new training run) change the cache key, without hashing gigabytes.
+    """
+    if model is None:
+        return None
+    path = Path(model)
+    try:
+        if not path.is_dir():
+            return None
+        return sorted(
+            [entry.name, entry.stat().st_size, entry.stat().st_mtime_ns] for entry in path.iterdir() if entry.is_file()
+        )
+    except OSError:
+        return None
+
+
+async def iterate_in_thread(make: Callable[[], Iterator[_T]], cancel: threading.Event) -> AsyncIterator[_T]:
+    """Iterate the blocking iterator ``make()`` in a thread of its own, without blocking the event loop.
+
+    When the consumer stops (it breaks, closes this iterator, or its task is cancelled), ``cancel`` is set at
+    once (the producer's engine stops at its next step) and the thread closes the blocking iterator after the
+    item it is waiting for; it never holds the loop or a worker of the loop's default executor.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def put(kind: str, value: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is reading any more
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+    def pump() -> None:
+        try:
+            iterator = make()
+            try:
+                for item in iterator:
+                    if cancel.is_set():
+                        break
+                    put("item", item)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:  # handed to the consumer, raised there
+            put("error", exc)
+        else:
+            put("end", None)
+
+    thread = threading.Thread(target=pump, name="grvl-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        cancel.set()
 
 
 def as_backend(engine: Any) -> Backend:

@@ -21,6 +21,13 @@ timeouts (``Retry-After`` is honoured, capped at ``max_backoff_s``); at most ``c
 flight per backend (per event loop for :meth:`RemoteBackend.agenerate`); a request that still fails becomes a
 ``Generation(error=...)`` and the rest of the batch is unaffected.
 
+Streaming (:meth:`RemoteBackend.stream` / :meth:`RemoteBackend.astream`): the same request with
+``"stream": true`` (and ``stream_options.include_usage``), read as server-sent events; each chunk's text is a
+delta, and the chunks' ``logprobs`` (vLLM sends them per chunk) are joined into the same trace a whole answer
+gives. Retries apply until the first byte of the answer arrives; a stream that breaks after that is an error of
+the request (what was already delivered cannot be taken back). A consumer that stops early closes the
+connection, which ``vllm serve`` takes as an abort.
+
 Security -- special tokens. The local engines tokenize caller text so that a typed ``<|im_end|>`` stays
 plain characters (see :mod:`guardreasoner_vl.backends.tokenization`). A remote server tokenizes the prompt
 *itself*, and OpenAI-compatible servers turn special-token strings found in message text into the control
@@ -76,13 +83,21 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.backends.base import (
+    Backend,
+    EngineSettings,
+    Generation,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingParams,
+    StreamItem,
+)
 from guardreasoner_vl.errors import InvalidInputError, require
 from guardreasoner_vl.inputs import encode_image_data_url
 from guardreasoner_vl.prompts import ModelFamily, RenderedPrompt, detect_family
@@ -627,6 +642,116 @@ class RemoteBackend(Backend):
             calls = [self._prepare(r, params) for r in requests]
         return list(await asyncio.gather(*(self._asend(c) for c in calls)))
 
+    # -- streaming ----------------------------------------------------------------------------------
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The served model name, the server, what the backend adds to the prompt and body, top log-probabilities."""
+        return {
+            **super().cache_identity(),
+            "base_url": self.base_url,
+            "extra_body": repr(sorted(self.extra_body.items())),
+            "special_tokens": self.special_tokens,
+            "local_tokenizer": getattr(getattr(self._encoder, "tokenizer", None), "name_or_path", None),
+            "top_logprobs": self.top_logprobs,
+        }
+
+    def _stream_call(self, request: GenerationRequest, params: SamplingParams) -> _Call:
+        call = self._prepare(request, params)
+        if call.error is not None:
+            return call
+        body = {**call.body, "stream": True}
+        if "stream_options" not in self.extra_body:
+            body["stream_options"] = {"include_usage": True}
+        return _Call(call.path, body)
+
+    def _stream_status(self, status: int, content: bytes, headers: Any, attempts: int) -> Generation | float:
+        """For an answer that is not 2xx: the final error, or the delay before the next attempt."""
+        if not self._retryable(status) or attempts > self.max_retries:
+            return Generation(text="", error=self._error_text(status, content, attempts))
+        return self._retry_delay(attempts, headers.get("retry-after"))
+
+    def stream(
+        self, request: GenerationRequest, params: SamplingParams, *, cancel: threading.Event | None = None
+    ) -> Iterator[StreamItem]:
+        """Stream one request over server-sent events (see the module docs); the final :class:`Generation` has
+        the same text, token counts, finish reason and log-probability trace as :meth:`generate` gives."""
+        call = self._stream_call(request, params)
+        if call.error is not None:
+            yield Generation(text="", error=call.error)
+            return
+        attempts = 0
+        while True:
+            attempts += 1
+            reader = _StreamReader(call.path, self.base_url)
+            step: Generation | float
+            try:
+                client = self._sync_client()
+                with self._slots, client.stream("POST", call.path, json=call.body) as response:
+                    if not 200 <= response.status_code < 300:
+                        step = self._stream_status(response.status_code, response.read(), response.headers, attempts)
+                    else:
+                        for line in response.iter_lines():
+                            if cancel is not None and cancel.is_set():
+                                return  # leaving the block closes the connection: the server aborts
+                            piece = reader.feed(line)
+                            if piece:
+                                yield GenerationDelta(piece)
+                            if reader.done:
+                                break
+                        step = reader.result()
+            except self._httpx.TransportError as exc:
+                if reader.started:
+                    step = Generation(text="", error=reader.broken(exc))
+                else:
+                    step = self._on_transport_error(exc, attempts)
+            except _Failure as exc:
+                step = Generation(text="", error=str(exc))
+            if isinstance(step, Generation):
+                yield step
+                return
+            time.sleep(step)
+
+    async def astream(self, request: GenerationRequest, params: SamplingParams) -> AsyncIterator[StreamItem]:
+        """Async :meth:`stream`, native httpx async (the event loop never blocks); leaving the loop early closes
+        the connection."""
+        if request.image is not None:  # PNG-encoding the image is CPU work: off the loop
+            call = await asyncio.to_thread(self._stream_call, request, params)
+        else:
+            call = self._stream_call(request, params)
+        if call.error is not None:
+            yield Generation(text="", error=call.error)
+            return
+        attempts = 0
+        while True:
+            attempts += 1
+            reader = _StreamReader(call.path, self.base_url)
+            step: Generation | float
+            try:
+                client, slots = self._async_state()
+                async with slots, client.stream("POST", call.path, json=call.body) as response:
+                    if not 200 <= response.status_code < 300:
+                        content = await response.aread()
+                        step = self._stream_status(response.status_code, content, response.headers, attempts)
+                    else:
+                        async for line in response.aiter_lines():
+                            piece = reader.feed(line)
+                            if piece:
+                                yield GenerationDelta(piece)
+                            if reader.done:
+                                break
+                        step = reader.result()
+            except self._httpx.TransportError as exc:
+                if reader.started:
+                    step = Generation(text="", error=reader.broken(exc))
+                else:
+                    step = self._on_transport_error(exc, attempts)
+            except _Failure as exc:
+                step = Generation(text="", error=str(exc))
+            if isinstance(step, Generation):
+                yield step
+                return
+            await asyncio.sleep(step)
+
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -655,6 +780,99 @@ class RemoteBackend(Backend):
 
     def __repr__(self) -> str:
         return f"RemoteBackend(model={self.model_id!r}, base_url={self.base_url!r}, family={self.family.value!r})"
+
+
+class _StreamReader:
+    """Reads the server-sent events of one streamed completion into deltas and, at the end, a :class:`Generation`.
+
+    Chat chunks carry ``choices[0].delta.content`` and ``choices[0].logprobs.content`` (a list of token entries,
+    joined across chunks); completion chunks carry ``choices[0].text`` and ``choices[0].logprobs`` (``tokens``,
+    ``token_logprobs``, ``top_logprobs``, ``text_offset`` lists, joined). The last chunk (``include_usage``) has
+    the usage and no choices. ``data: [DONE]`` ends the stream.
+    """
+
+    def __init__(self, path: str, base_url: str) -> None:
+        self.chat = path == "/chat/completions"
+        self.base_url = base_url
+        self.parts: list[str] = []
+        self.entries: list[Any] = []
+        self.completion_logprobs: dict[str, list[Any]] = {}
+        self.finish_reason: Any = None
+        self.usage: Mapping[str, Any] = {}
+        self.started = False
+        self.done = False
+        self.events = 0
+
+    def feed(self, line: str) -> str:
+        """The new text of one SSE line ("" for comments, other fields, and chunks without text)."""
+        if not line.startswith("data:"):
+            return ""
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            self.done = True
+            return ""
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            raise _Failure(f"remote server {self.base_url} streamed an unreadable event: {payload[:200]!r}") from None
+        if not isinstance(data, Mapping):
+            raise _Failure(f"remote server {self.base_url} streamed an unreadable event: {payload[:200]!r}")
+        self.events += 1
+        if data.get("error") is not None:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, Mapping) else error
+            raise _Failure(f"remote server {self.base_url} failed while streaming: {message}")
+        if isinstance(data.get("usage"), Mapping):
+            self.usage = data["usage"]
+        choices = data.get("choices") or []
+        choice = next((c for c in choices if isinstance(c, Mapping) and c.get("index", 0) == 0), None)
+        if choice is None:
+            return ""
+        if choice.get("finish_reason") is not None:
+            self.finish_reason = choice["finish_reason"]
+        logprobs = choice.get("logprobs")
+        if self.chat:
+            delta = choice.get("delta") or {}
+            piece = delta.get("content") if isinstance(delta, Mapping) else None
+            if isinstance(logprobs, Mapping) and isinstance(logprobs.get("content"), list):
+                self.entries.extend(logprobs["content"])
+        else:
+            piece = choice.get("text")
+            if isinstance(logprobs, Mapping):
+                for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                    values = logprobs.get(name)
+                    if isinstance(values, list):
+                        self.completion_logprobs.setdefault(name, []).extend(values)
+        if not isinstance(piece, str) or not piece:
+            return ""
+        self.parts.append(piece)
+        self.started = True
+        return piece
+
+    def broken(self, exc: Exception) -> str:
+        return (
+            f"the stream from remote server {self.base_url} broke after {len(''.join(self.parts))} characters "
+            f"({type(exc).__name__}: {exc})"
+        )
+
+    def result(self) -> Generation:
+        """The whole answer; an error when the stream ended before the server said it was finished."""
+        text = "".join(self.parts)
+        if not self.done and self.finish_reason is None:
+            return Generation(
+                text="",
+                error=f"the stream from remote server {self.base_url} ended before the answer was complete "
+                f"({len(text)} characters, {self.events} events)",
+            )
+        data: Any = {"content": self.entries} if self.chat else self.completion_logprobs
+        reason = self.finish_reason
+        return Generation(
+            text=text,
+            prompt_tokens=_int_or_none(self.usage.get("prompt_tokens")),
+            completion_tokens=_int_or_none(self.usage.get("completion_tokens")),
+            finish_reason=reason if reason in ("stop", "length") else None,
+            logprobs=read_logprobs(data, text, chat=self.chat) if (self.entries or self.completion_logprobs) else None,
+        )
 
 
 def _schedule_aclose(loop: asyncio.AbstractEventLoop, client: Any) -> None:

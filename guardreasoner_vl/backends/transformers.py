@@ -23,11 +23,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.backends.base import (
+    Backend,
+    EngineSettings,
+    Generation,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingParams,
+    StreamItem,
+    checkpoint_fingerprint,
+)
 from guardreasoner_vl.backends.tokenization import EncodedPrompt, PlainEncoder, TokenPieces, encode_prompt
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
 from guardreasoner_vl.hub import resolve_checkpoint
@@ -183,6 +192,17 @@ class TransformersBackend(Backend):
         )
         return encoded, vision
 
+    def cache_identity(self) -> dict[str, Any]:
+        """The model and its checkpoint files, the dtype, the device type and the attention implementation."""
+        config = getattr(getattr(self, "model", None), "config", None)
+        return {
+            **super().cache_identity(),
+            "checkpoint": checkpoint_fingerprint(self.model_id),
+            "dtype": str(self.dtype),
+            "device": str(self.device).split(":")[0],
+            "attention": str(getattr(config, "_attn_implementation", None)),
+        }
+
     def encode(self, request: GenerationRequest) -> list[int]:
         """Token ids this engine would feed the model for ``request`` (for inspection and tests)."""
         return self._encode(request)[0].input_ids
@@ -222,6 +242,27 @@ class TransformersBackend(Backend):
         self, chunk: list[tuple[int, EncodedPrompt, dict[str, Any] | None]], params: SamplingParams
     ) -> list[Generation]:
         torch = self._torch
+        inputs, gen_kwargs, longest = self._chunk_inputs(chunk, params)
+        recorder = None
+        if params.logprobs:
+            recorder = _CandidateRecorder(self.model.get_output_embeddings(), self._candidate_ids(), self.model.device)
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, **gen_kwargs)
+        except (RuntimeError, ValueError) as exc:  # OOM and shape errors: report, do not crash the batch
+            message = f"transformers generate failed: {exc}"
+            logger.warning(message)
+            return [Generation(text="", error=message) for _ in chunk]
+        finally:
+            if recorder is not None:
+                recorder.remove()
+        return self._chunk_generations(chunk, output, recorder, longest)
+
+    def _chunk_inputs(
+        self, chunk: list[tuple[int, EncodedPrompt, dict[str, Any] | None]], params: SamplingParams
+    ) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """``generate``'s tensors and keywords for a chunk (left-padded), and the padded prompt length."""
+        torch = self._torch
         longest = max(len(enc.input_ids) for _, enc, _ in chunk)
         input_ids, attention, mm_types = [], [], []
         for _, enc, _ in chunk:
@@ -254,19 +295,15 @@ class TransformersBackend(Backend):
             gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-        recorder = None
-        if params.logprobs:
-            recorder = _CandidateRecorder(self.model.get_output_embeddings(), self._candidate_ids(), self.model.device)
-        try:
-            with torch.inference_mode():
-                output = self.model.generate(**inputs, **gen_kwargs)
-        except (RuntimeError, ValueError) as exc:  # OOM and shape errors: report, do not crash the batch
-            message = f"transformers generate failed: {exc}"
-            logger.warning(message)
-            return [Generation(text="", error=message) for _ in chunk]
-        finally:
-            if recorder is not None:
-                recorder.remove()
+        return inputs, gen_kwargs, longest
+
+    def _chunk_generations(
+        self,
+        chunk: list[tuple[int, EncodedPrompt, dict[str, Any] | None]],
+        output: Any,
+        recorder: _CandidateRecorder | None,
+        longest: int,
+    ) -> list[Generation]:
         new_ids = output[:, longest:]
         recorded = recorder.positions(new_ids) if recorder is not None else None
         new_tokens = new_ids.tolist()
@@ -291,6 +328,103 @@ class TransformersBackend(Backend):
             )
         return generations
 
+    # -- streaming --------------------------------------------------------------------------------
+
+    def stream(
+        self, request: GenerationRequest, params: SamplingParams, *, cancel: threading.Event | None = None
+    ) -> Iterator[StreamItem]:
+        """Stream one request with ``transformers.TextIteratorStreamer``; the final :class:`Generation` is the one
+        :meth:`generate` returns for it (same inputs, same ``generate`` call, same post-processing).
+
+        ``generate`` runs in a thread of its own, under the engine's lock (so it never overlaps a batch or another
+        stream), with a stopping criterion that ends it at the next step once ``cancel`` is set or this iterator
+        is closed; the iterator then waits for the thread (one step), so nothing outlives it. A consumer that
+        neither reads nor closes the iterator only delays the end: the streamer's queue is unbounded, so
+        ``generate`` runs to its ``max_new_tokens`` and releases the lock.
+        """
+        try:
+            enc, vision = self._encode(request)
+        except InvalidInputError as exc:
+            yield Generation(text="", error=str(exc))
+            return
+        if self.max_context and len(enc.input_ids) + params.max_new_tokens > self.max_context:
+            yield Generation(
+                text="",
+                prompt_tokens=len(enc.input_ids),
+                error=(
+                    f"prompt has {len(enc.input_ids)} tokens; with max_new_tokens={params.max_new_tokens} "
+                    f"it exceeds the model context of {self.max_context} tokens"
+                ),
+            )
+            return
+        transformers = require("transformers", "transformers", feature="the transformers backend")
+        torch = self._torch
+        chunk = [(0, enc, vision)]
+        stop = cancel if cancel is not None else threading.Event()
+        streamer = transformers.TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        criteria = transformers.StoppingCriteriaList([_stop_when_set(transformers, torch, stop)])
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            ended = False
+            try:
+                while not self._lock.acquire(timeout=0.05):  # another batch or stream holds the engine
+                    if stop.is_set():  # given up while waiting for it
+                        outcome["cancelled"] = True
+                        return
+                try:
+                    if stop.is_set():
+                        outcome["cancelled"] = True
+                        return
+                    if getattr(self, "model", None) is None:
+                        outcome["error"] = "this transformers backend is closed"
+                        return
+                    inputs, gen_kwargs, longest = self._chunk_inputs(chunk, params)
+                    recorder = None
+                    if params.logprobs:
+                        recorder = _CandidateRecorder(
+                            self.model.get_output_embeddings(), self._candidate_ids(), self.model.device
+                        )
+                    try:
+                        with torch.inference_mode():
+                            output = self.model.generate(
+                                **inputs, **gen_kwargs, streamer=streamer, stopping_criteria=criteria
+                            )
+                        ended = True  # generate ends the streamer itself
+                        outcome["generation"] = self._chunk_generations(chunk, output, recorder, longest)[0]
+                    finally:
+                        if recorder is not None:
+                            recorder.remove()
+                finally:
+                    self._lock.release()
+            except (RuntimeError, ValueError) as exc:  # OOM and shape errors: this request's error
+                outcome["error"] = f"transformers generate failed: {exc}"
+                logger.warning(outcome["error"])
+            except BaseException as exc:  # anything else reaches the consumer
+                outcome["exception"] = exc
+            finally:
+                if not ended:
+                    streamer.end()  # wake the consumer
+
+        thread = threading.Thread(target=run, name="grvl-transformers-stream", daemon=True)
+        thread.start()
+        try:
+            for text in streamer:
+                if text:
+                    yield GenerationDelta(text)
+            thread.join()
+            if "exception" in outcome:
+                raise outcome["exception"]
+            if "generation" in outcome:
+                yield outcome["generation"]
+            elif not outcome.get("cancelled"):
+                yield Generation(text="", error=outcome.get("error", "transformers generate produced nothing"))
+        finally:
+            stop.set()
+            thread.join()
+
     def _candidate_ids(self) -> dict[int, str]:
         """The vocabulary's label candidates (scanned once, on the first request for scores)."""
         return self.pieces.candidates(is_label_candidate)
@@ -306,6 +440,17 @@ class TransformersBackend(Backend):
         gc.collect()
         if self._torch.cuda.is_available():
             self._torch.cuda.empty_cache()
+
+
+def _stop_when_set(transformers: Any, torch: Any, event: threading.Event) -> Any:
+    """A ``StoppingCriteria`` that ends ``generate`` at the next step once ``event`` is set (a stream's consumer
+    went away). It changes nothing while the event is clear."""
+
+    class StopWhenSet(transformers.StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenSet()
 
 
 class _CandidateRecorder:

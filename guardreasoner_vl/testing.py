@@ -43,6 +43,7 @@ __all__ = [
     "build_tiny_text_model",
     "build_tiny_vl_model",
     "tiny_model_path",
+    "tiny_verdict_model_path",
 ]
 
 TokenizerKind = Literal["bpe", "qwen"]
@@ -544,3 +545,24 @@ def tiny_verdict_model(path: str | os.PathLike[str], family: Literal["vl", "text
     builder(path, initializer_range=0.02)
     steps, lr = {"vl": (100, 5e-3), "text": (150, 2e-3)}[family]  # tuned so that every example is learnt
     return train_tiny_verdict_model(path, verdict_examples(family), steps=steps, lr=lr)
+
+
+def tiny_verdict_model_path(family: Literal["vl", "text"] = "vl") -> Path:
+    """:func:`tiny_verdict_model`, built once and cached beside :func:`tiny_model_path` (``demo --serve`` uses it).
+
+    Safe against concurrent builders, as :func:`tiny_model_path`.
+    """
+    source = resources.files("guardreasoner_vl").joinpath("testing.py").read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:10]
+    final = _cache_dir() / f"tiny-verdict-{family}-{digest}"
+    if (final / "model.safetensors").is_file():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
+    tiny_verdict_model(tmp, family)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process won the race; theirs is as good
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

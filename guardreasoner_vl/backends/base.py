@@ -22,7 +22,7 @@ import abc
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -230,8 +230,13 @@ class Backend(abc.ABC):
         """Async :meth:`stream`. Default: :meth:`stream` in a thread of its own, stopped (``cancel`` set) when the
         consumer stops iterating or is cancelled; the event loop never blocks."""
         cancel = threading.Event()
-        async for item in iterate_in_thread(lambda: self.stream(request, params, cancel=cancel), cancel):
-            yield item
+        source = iterate_in_thread(lambda: self.stream(request, params, cancel=cancel), cancel)
+        try:
+            async for item in source:
+                yield item
+        finally:
+            cancel.set()
+            await source.aclose()
 
     def cache_identity(self) -> dict[str, Any]:
         """What, besides the prompt, the image and the decoding settings, decides this engine's output.
@@ -287,8 +292,13 @@ class _DuckBackend(Backend):
     async def astream(self, request: GenerationRequest, params: SamplingParams) -> AsyncIterator[StreamItem]:
         native = getattr(self._engine, "astream", None)
         source = native(request, params) if native is not None else super().astream(request, params)
-        async for item in source:
-            yield item
+        try:
+            async for item in source:
+                yield item
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def cache_identity(self) -> dict[str, Any]:
         native = getattr(self._engine, "cache_identity", None)
@@ -351,7 +361,7 @@ def checkpoint_fingerprint(model: str | Path | None) -> list[list[Any]] | None:
         return None
 
 
-async def iterate_in_thread(make: Callable[[], Iterator[_T]], cancel: threading.Event) -> AsyncIterator[_T]:
+async def iterate_in_thread(make: Callable[[], Iterator[_T]], cancel: threading.Event) -> AsyncGenerator[_T, None]:
     """Iterate the blocking iterator ``make()`` in a thread of its own, without blocking the event loop.
 
     When the consumer stops (it breaks, closes this iterator, or its task is cancelled), ``cancel`` is set at

@@ -12,6 +12,15 @@ Endpoints:
   number; our ``guardreasoner`` field carries the verdicts
   and reasoning).
 * ``POST /v1/guard`` -- ``{"text", "image", "response"}`` -> the full :class:`~guardreasoner_vl.GuardResult`.
+* ``POST /v1/guard/stream`` -- the same body; the answer is ``text/event-stream`` (server-sent events):
+  ``event: reasoning`` with ``{"text": ...}`` for each piece of the model's output as it is generated, then one
+  ``event: result`` with the full ``GuardResult`` (what ``/v1/guard`` answers), or ``event: error`` with
+  ``{"error": {"message", "type", "code"}}`` when the engine fails midway. Auth, body and memory limits and
+  input validation are those of ``/v1/guard``, and bad input is an HTTP error before the stream starts. Streams
+  do not go through the micro-batcher (each is one engine call, sharing the engine with the batches), at most
+  ``max_streams`` at once (429 beyond). A client that disconnects stops the generation: the engine stops at
+  its next step and is free for the next request.
+* ``GET /`` -- the playground page (:mod:`guardreasoner_vl.server.playground`), only with ``playground=True``.
 * ``POST /beta/litellm_basic_guardrail_api`` -- LiteLLM's Generic Guardrail API
   (:mod:`guardreasoner_vl.integrations.litellm`), behind the same key, body limit, memory budget and batcher.
 * ``GET /v1/models``, ``GET /health`` (never needs the API key), ``GET /metrics`` (Prometheus text).
@@ -47,14 +56,14 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from guardreasoner_vl.errors import GuardError, InvalidInputError, ParseError, require
+from guardreasoner_vl.errors import BackendError, GuardError, InvalidInputError, ParseError, require
 from guardreasoner_vl.guard import Guard, PreparedItem
 from guardreasoner_vl.moderation import to_openai_moderation
 from guardreasoner_vl.server.batcher import BatcherClosedError, MicroBatcher, QueueFullError
@@ -67,12 +76,14 @@ from guardreasoner_vl.server.memory import (
 )
 from guardreasoner_vl.server.metrics import ServerMetrics
 from guardreasoner_vl.server.settings import ServerSettings
+from guardreasoner_vl.streaming import ReasoningDelta
 from guardreasoner_vl.types import GuardResult, ModerationItem
 
 require("fastapi", "server", feature="the moderation server")
 
 from fastapi import APIRouter, FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse, Response  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse  # noqa: E402
+from starlette.background import BackgroundTask  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 __all__ = ["APIError", "GuardRequest", "create_app"]
@@ -81,7 +92,8 @@ logger = logging.getLogger(__name__)
 
 LITELLM_PATH = "/beta/litellm_basic_guardrail_api"
 """LiteLLM's Generic Guardrail API path (the same as ``integrations.litellm.GUARDRAIL_PATH``)."""
-ENDPOINTS = ("/v1/moderations", "/v1/guard", LITELLM_PATH, "/v1/models", "/health", "/metrics")
+STREAM_PATH = "/v1/guard/stream"
+ENDPOINTS = ("/v1/moderations", "/v1/guard", STREAM_PATH, LITELLM_PATH, "/v1/models", "/health", "/metrics", "/")
 
 
 # -- request schemas ---------------------------------------------------------------------------------
@@ -214,6 +226,7 @@ class _State:
             metrics=self.metrics,
         )
         self.memory = MemoryBudget(settings.max_memory_bytes)
+        self.streams = 0
 
     async def _run_batch(self, items: list[PreparedItem]) -> list[GuardResult]:
         try:  # prepared once, in prepare(): the image is not decoded nor the prompt rendered again
@@ -222,6 +235,11 @@ class _State:
             if exc.results is None:
                 raise
             results = exc.results
+        self.count(results)
+        return results
+
+    def count(self, results: list[GuardResult]) -> None:
+        """Count judged items in the metrics (batched and streamed alike)."""
         for result in results:
             self.metrics.items.inc(result.status)
             if result.flagged:
@@ -230,7 +248,64 @@ class _State:
                 self.metrics.tokens.inc("prompt", amount=result.usage.prompt_tokens)
             if result.usage.completion_tokens:
                 self.metrics.tokens.inc("completion", amount=result.usage.completion_tokens)
-        return results
+
+    def sync_cache_metrics(self) -> None:
+        """Copy the verdict cache's counters into the metrics (at each scrape)."""
+        cache = self.guard.cache
+        if cache is None:
+            return
+        stats = cache.stats
+        self.metrics.cache_lookups.sync(stats.hits, "hit")
+        self.metrics.cache_lookups.sync(stats.misses, "miss")
+        self.metrics.cache_stores.sync(stats.stores)
+        self.metrics.cache_errors.sync(stats.errors)
+
+    # -- streams ----------------------------------------------------------------------------------
+
+    def open_stream(self) -> _StreamSlot:
+        """A place among the ``max_streams`` running streams, or HTTP 429."""
+        if self.streams >= self.settings.max_streams:
+            self.metrics.rejected.inc("streams_full")
+            raise APIError(
+                429,
+                f"the server is streaming {self.streams} judgements already (max_streams); retry after a short wait",
+                type="rate_limit_error",
+                code="streams_full",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            )
+        self.streams += 1
+        self.metrics.streams_active.set(self.streams)
+        return _StreamSlot(self)
+
+    async def sse(self, item: PreparedItem, slot: _StreamSlot) -> AsyncGenerator[bytes, None]:
+        """The server-sent events of one streamed judgement (see the module docs)."""
+        source = self.guard.astream_prepared(item)
+        outcome = "disconnected"  # unless the stream reaches its end
+        try:
+            try:
+                async for event in source:
+                    if isinstance(event, ReasoningDelta):
+                        yield _sse("reasoning", {"text": event.text})
+                    else:
+                        self.count([event.result])
+                        outcome = "completed"
+                        yield _sse("result", event.result.model_dump(mode="json"))
+            except BackendError as exc:
+                outcome = "error"
+                self.metrics.items.inc("engine_error")
+                self.metrics.errors.inc("engine")
+                yield _sse_error(f"the guard's engine failed: {exc}", "server_error", "engine_error")
+            except ParseError as exc:  # not with the server's policies; kept for guards built by hand
+                outcome = "error"
+                yield _sse_error(str(exc), "server_error", "parse_error")
+            except Exception as exc:
+                outcome = "error"
+                self.metrics.errors.inc("internal")
+                logger.exception("a streamed judgement failed")
+                yield _sse_error(f"internal error: {type(exc).__name__}: {exc}", "server_error", None)
+        finally:
+            await source.aclose()  # a disconnected client: the engine stops now, not when this is collected
+            slot.release(outcome)
 
     # -- request helpers --------------------------------------------------------------------------
 
@@ -460,6 +535,36 @@ class _State:
         return results
 
 
+class _StreamSlot:
+    """One running stream's hold on the server: its place among ``max_streams`` and its memory reservation,
+    released once (by the stream's end, or by the response's background task when the client left first)."""
+
+    def __init__(self, state: _State) -> None:
+        self._state = state
+        self.memory: MemoryReservation | None = None
+        self._released = False
+
+    def release(self, outcome: str = "disconnected") -> None:
+        if self._released:
+            return
+        self._released = True
+        state = self._state
+        state.streams -= 1
+        state.metrics.streams_active.set(state.streams)
+        state.metrics.streams.inc(outcome)
+        if self.memory is not None:
+            self.memory.close()
+
+
+def _sse(event: str, data: Any) -> bytes:
+    """One server-sent event (JSON data on one line: ``json.dumps`` escapes every newline)."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _sse_error(message: str, type: str, code: str | None) -> bytes:
+    return _sse("error", {"error": {"message": message, "type": type, "param": None, "code": code}})
+
+
 def _prepare_error(exc: Exception) -> str:
     cause = exc.__cause__
     wrapped = isinstance(cause, Exception) and not isinstance(cause, GuardError)
@@ -664,7 +769,7 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
         with state.reserve() as memory:
             return await _guard(await state.read_body(request, memory), memory)
 
-    async def _guard(body: bytes, memory: MemoryReservation) -> JSONResponse:
+    async def _guard_items(body: bytes, memory: MemoryReservation) -> list[PreparedItem | GuardResult]:
         try:
             parsed = GuardRequest.model_validate(_json_object(body))
         except ValidationError as exc:
@@ -674,11 +779,38 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
             image = [state.image_source(v, param=f"image[{i}]") for i, v in enumerate(parsed.image)] or None
         elif parsed.image is not None:
             image = state.image_source(parsed.image, param="image")
-        items = await state.prepare(
+        return await state.prepare(
             [ModerationItem(text=parsed.text, image=image, response=parsed.response)], param=None, memory=memory
         )
+
+    async def _guard(body: bytes, memory: MemoryReservation) -> JSONResponse:
+        items = await _guard_items(body, memory)
         (result,) = await state.judge(items)
         return JSONResponse(result.model_dump(mode="json"))
+
+    @app.post(STREAM_PATH, summary="GuardResult with the model's reasoning streamed as server-sent events")
+    async def guard_stream(request: Request) -> Response:
+        state.authorize(request)
+        slot = state.open_stream()
+        try:
+            slot.memory = state.reserve()  # held until the stream ends: the body, then the prepared image
+            (item,) = await _guard_items(await state.read_body(request, slot.memory), slot.memory)
+        except BaseException:
+            slot.release("rejected")
+            raise
+        assert isinstance(item, PreparedItem)  # one input, not isolated: its failure was the 400 above
+        events = state.sse(item, slot)
+
+        async def finish() -> None:  # runs after the response, also when the client disconnected
+            await events.aclose()
+            slot.release()
+
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(finish),
+        )
 
     app.include_router(_litellm_router(state))
 
@@ -711,9 +843,19 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
         state.authorize(request)
+        state.sync_cache_metrics()
         state.metrics.memory.set(state.memory.used)
         state.metrics.memory_peak.set(state.memory.peak)
         state.metrics.memory_limit.set(state.memory.limit)
         return Response(state.metrics.render(), media_type=ServerMetrics.CONTENT_TYPE)
+
+    if settings.playground:
+        from guardreasoner_vl.server.playground import playground_page
+
+        page = playground_page(model=state.model_name, family=state.guard.family.value)
+
+        @app.get("/", summary="The playground page (serve --playground)", include_in_schema=False)
+        async def playground() -> HTMLResponse:
+            return HTMLResponse(page.html, headers=page.headers)
 
     return app

@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
         "serve",
         help="run the OpenAI-compatible moderation server (/v1/moderations, /v1/guard, /metrics)",
         description="Serve a guard over HTTP: POST /v1/moderations (OpenAI schema), POST /v1/guard, "
-        "GET /health, GET /metrics. Binds 127.0.0.1 unless --host says otherwise.",
+        "POST /v1/guard/stream (server-sent events), GET /health, GET /metrics, and with --playground a web page "
+        "at /. Binds 127.0.0.1 unless --host says otherwise.",
     )
     net = parser.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -106,6 +107,15 @@ def register(subparsers: Any) -> None:
         default=defaults.category_scores,
         help="/v1/moderations category_scores: the harm score under every category, or always null",
     )
+    net.add_argument(
+        "--max-streams",
+        type=int,
+        default=defaults.max_streams,
+        help="most /v1/guard/stream requests at once; beyond it HTTP 429",
+    )
+    net.add_argument(
+        "--playground", action="store_true", help="serve the playground page at / (a browser UI for the guard)"
+    )
     net.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_guard_options(parser)
     parser.set_defaults(func=_cmd_serve)
@@ -142,6 +152,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes,
         category_scores=args.category_scores,
+        max_streams=args.max_streams,
+        playground=args.playground,
     )
     if not is_loopback(args.host) and api_key is None:
         print(

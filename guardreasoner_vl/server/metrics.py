@@ -22,6 +22,12 @@ metric                                         type      meaning
 ``guardreasoner_request_memory_limit_bytes``   gauge     the memory budget (``max_memory_bytes``)
 ``guardreasoner_rejected_total``               counter   requests refused before judging, by ``reason``
 ``guardreasoner_errors_total``                 counter   failures by ``kind`` (engine, internal ...)
+``guardreasoner_streams_total``                counter   ``/v1/guard/stream`` requests by ``outcome``
+                                                         (``completed``, ``error``, ``disconnected``)
+``guardreasoner_streams_active``               gauge     streams running now
+``guardreasoner_cache_lookups_total``          counter   verdict-cache lookups by ``result`` (``hit``/``miss``)
+``guardreasoner_cache_stores_total``           counter   generations written to the verdict cache
+``guardreasoner_cache_errors_total``           counter   verdict-cache reads or writes that failed
 ``guardreasoner_info``                         gauge     1, labelled with ``model``, ``backend``, ``version``
 ============================================== ========= ===========================================
 """
@@ -110,6 +116,12 @@ class Counter(_ValueMetric):
         if amount < 0:
             raise ValueError("a counter only goes up")
         self._add(labels, amount)
+
+    def sync(self, total: float, *labels: str) -> None:
+        """Set the count from a total kept elsewhere (a cache's own counters); it never goes down."""
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = max(self._values.get(key, 0.0), float(total))
 
 
 class Gauge(_ValueMetric):
@@ -209,6 +221,15 @@ class ServerMetrics:
             "guardreasoner_rejected_total", "Requests refused before judging, by reason.", ("reason",)
         )
         self.errors = Counter("guardreasoner_errors_total", "Failures by kind.", ("kind",))
+        self.streams = Counter(
+            "guardreasoner_streams_total", "Streamed judgements (/v1/guard/stream) by outcome.", ("outcome",)
+        )
+        self.streams_active = Gauge("guardreasoner_streams_active", "Streamed judgements running now.")
+        self.cache_lookups = Counter(
+            "guardreasoner_cache_lookups_total", "Verdict-cache lookups by result (hit or miss).", ("result",)
+        )
+        self.cache_stores = Counter("guardreasoner_cache_stores_total", "Generations written to the verdict cache.")
+        self.cache_errors = Counter("guardreasoner_cache_errors_total", "Verdict-cache reads or writes that failed.")
         self.info = Gauge("guardreasoner_info", "The served model.", ("model", "backend", "version"))
         self.info.set(1, model, backend, version)
         self.queue_capacity.set(max_queue)
@@ -237,6 +258,11 @@ class ServerMetrics:
             self.memory_limit,
             self.rejected,
             self.errors,
+            self.streams,
+            self.streams_active,
+            self.cache_lookups,
+            self.cache_stores,
+            self.cache_errors,
             self.info,
         ]
 

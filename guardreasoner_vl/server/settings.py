@@ -47,6 +47,9 @@ class ServerSettings:
         category_scores: what ``/v1/moderations`` puts in ``category_scores``: ``"harm"`` (the harm score under
             every category, null without a score) or ``"none"`` (always null); see
             :mod:`guardreasoner_vl.moderation`.
+        max_streams: most ``/v1/guard/stream`` requests running at once; beyond it HTTP 429. Streams do not go
+            through the micro-batcher (each is one engine call of its own, sharing the engine with the batches).
+        playground: serve the playground page at ``GET /`` (off by default).
     """
 
     max_batch_size: int = 8
@@ -69,6 +72,8 @@ class ServerSettings:
     max_header_bytes: int = 16 * 1024
     violation_message: str | None = None
     category_scores: CategoryScores = "harm"
+    max_streams: int = 16
+    playground: bool = False
 
     def __post_init__(self) -> None:
         if self.category_scores not in ("harm", "none"):
@@ -84,6 +89,7 @@ class ServerSettings:
             "keep_alive_timeout_s",
             "max_connections",
             "max_header_bytes",
+            "max_streams",
         ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -22,16 +22,26 @@ Three things:
   vocabulary the default was to raise; ``exit_behavior="error"`` / ``"refuse"`` still work, deprecated.)
   The guard's results are attached to what ``create`` returns as the attribute ``guardreasoner`` (a
   :class:`GuardReport`; on a completion it is also part of ``model_dump()``).
-  **Streaming**: with ``stream=True`` and the output check on, the whole stream is read (buffered), judged,
-  and then released as a :class:`GuardedStream` that replays the chunks (flagged choices replaced by a
-  refusal chunk). Time to first token is therefore the full generation time plus the guard's. With
+  **Streaming** (``stream=True`` with the output check on) releases the reply in **judged chunks**
+  (``stream_check="chunks"``, the default): the chunks are held until the reply so far reaches a judgement point
+  -- ``stream_chunk_chars`` new characters ending a sentence (or twice that with no sentence end), and the end
+  of the stream -- then the whole reply so far is judged in the context of the conversation, and the held
+  chunks are released if it passes. The moment a judged prefix is flagged the stream stops with the refusal
+  (a chunk with ``finish_reason="content_filter"``, or :class:`ChatCompletionBlocked` raised from the
+  iterator with ``on_flagged="raise"``) and the API's stream is closed. Cost: about one guard call per
+  ``stream_chunk_chars`` characters of reply instead of one (each judging the whole prefix); the caller
+  waits for the first judgement instead of the whole reply. Limit: a prefix judged safe is already with the
+  caller; a later flag stops the rest but cannot take it back. ``stream_check="buffered"`` keeps the earlier
+  behaviour: the whole stream is read, judged once, and replayed (:class:`GuardedStream`; flagged choices
+  replaced by a refusal chunk), so time to first token is the full generation time plus the guard's. With
   ``check_output=False`` chunks pass through live.
   ``client.responses.create(...)`` (the Responses API) is guarded the same way: its ``input`` (a string, or
   ``message`` / ``function_call`` / ``function_call_output`` / ``reasoning`` items with ``input_text`` and
   ``input_image`` parts) and ``instructions`` are read by the same conversation rule before the call, the
   reply (text, refusals, function calls) after it; a refusal is a ``Response`` with ``status="incomplete"``
   and ``incomplete_details.reason="content_filter"``, or :class:`ResponseBlocked` with ``on_flagged="raise"``;
-  ``stream=True`` is buffered, judged and replayed like a chat stream.
+  ``stream=True`` is released in judged chunks like a chat stream (the text deltas count; a flag mid-stream ends
+  the events with a refusal message and ``response.incomplete``), or buffered with ``stream_check="buffered"``.
   Only ``chat.completions.create`` and ``responses.create`` are guarded: ``with_raw_response``,
   ``with_streaming_response``, ``parse`` and ``stream`` of either would bypass the check and raise
   ``AttributeError``; every other attribute is the wrapped client's, unguarded.
@@ -54,9 +64,11 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,6 +84,8 @@ from guardreasoner_vl.integrations._common import (
     Judge,
     OnFlagged,
     Plan,
+    _judge_async,
+    _judge_sync,
     blocks,
     check_choice,
     check_timeout,
@@ -200,6 +214,9 @@ class GuardReport(BaseModel):
     """Where the call was blocked, if it was."""
     blocked_choices: tuple[int, ...] = ()
     """Indexes of the choices replaced by a refusal (output stage)."""
+    output_checks: int = 0
+    """Guard calls made on the reply of a stream released in judged chunks (each judges every choice that grew);
+    0 for other calls (the reply is judged once)."""
 
     @property
     def flagged(self) -> bool:
@@ -409,6 +426,8 @@ class _Guarded:
         guard_timeout_s: float | None = None,
         threshold: float | Mapping[str, float] | None = None,
         exit_behavior: str | None = None,
+        stream_check: StreamCheck = "chunks",
+        stream_chunk_chars: int = 400,
     ) -> None:
         openai = require("openai", "openai", feature="the OpenAI integration")
         expected, other, other_name = (
@@ -430,6 +449,11 @@ class _Guarded:
         self.violation_message = violation_message
         self.on_guard_error: GuardErrorPolicy = on_guard_error
         self.guard_timeout_s = check_timeout(guard_timeout_s)
+        check_choice("stream_check", stream_check, ("chunks", "buffered"))
+        if isinstance(stream_chunk_chars, bool) or not isinstance(stream_chunk_chars, int) or stream_chunk_chars < 1:
+            raise InvalidInputError(f"stream_chunk_chars must be a positive integer, got {stream_chunk_chars!r}")
+        self.stream_check: StreamCheck = stream_check
+        self.stream_chunk_chars = stream_chunk_chars
         self.chat = _GuardedChat(self)
         if hasattr(client, "responses"):  # openai >= 1.66
             self.responses = _GuardedResponses(self)
@@ -486,6 +510,12 @@ class _Guarded:
             response.guardreasoner = report
             return response
 
+        if stream and self.stream_check == "chunks":
+            return self._judged_stream(
+                lambda publish: self._judged_chat(kwargs, conversation, request_error, input_result, publish),
+                response,
+                GuardReport(input=input_result),
+            )
         chunks: list[Any] = []
         if stream:
             chunks = yield Drain(response)
@@ -532,6 +562,215 @@ class _Guarded:
     def _stream(self, chunks: Any, report: GuardReport, *, source: Any = None) -> Any:
         return (AsyncGuardedStream if self._async else GuardedStream)(chunks, report, source=source)
 
+    # -- streams released in judged chunks ----------------------------------------------------------------
+
+    def _judged_stream(self, make_plan: Any, source: Any, report: GuardReport) -> Any:
+        """A stream whose items come from a judged-stream plan run over ``source`` (see the module docs)."""
+        stream = self._stream([], report, source=source)
+
+        def publish(new: GuardReport) -> None:
+            stream.guardreasoner = new
+
+        plan = make_plan(publish)
+        if self._async:
+            stream._chunks = _drive_async(plan, source, self.guard, self.on_guard_error, self.guard_timeout_s)
+        else:
+            stream._iterator = _drive_sync(plan, source, self.guard, self.on_guard_error, self.guard_timeout_s)
+        return stream
+
+    def _reply_checks(
+        self, conversation: list[Message] | None, request_error: InvalidInputError | None, replies: Sequence[Any]
+    ) -> tuple[Check, ...]:
+        checks: list[Check] = []
+        for reply in replies:
+            if isinstance(reply, InvalidInputError):
+                checks.append(Check(error=reply))
+            elif conversation is None:
+                checks.append(Check(error=request_error))
+            else:
+                checks.append(_reply_check(conversation, reply))
+        return tuple(checks)
+
+    def _judged_chat(
+        self,
+        kwargs: Mapping[str, Any],
+        conversation: list[Message] | None,
+        request_error: InvalidInputError | None,
+        input_result: GuardResult | None,
+        publish: Any,
+    ) -> _StreamPlan:
+        """Chat chunks, held until the reply so far is judged at a sentence boundary (see the module docs)."""
+        pace = _Pace(self.stream_chunk_chars)
+        received: list[Any] = []  # every chunk of the API, for the judge and for ChatCompletionBlocked
+        pending: list[Any] = []  # chunks held until the next judgement
+        size: dict[int, int] = {}  # characters of each choice's reply so far
+        judged: dict[int, int] = {}  # ... when it was last judged
+        content: dict[int, str] = {}  # each choice's text so far (for sentence boundaries)
+        output: dict[int, GuardResult] = {}
+        blocked: list[int] = []
+        checks_made = 0
+        template: Any = None
+        while True:
+            chunk = yield _Pull()
+            ended = chunk is _END
+            if not ended:
+                received.append(chunk)
+                choices = getattr(chunk, "choices", None) or []
+                if template is None and choices:
+                    template = chunk
+                kept = [c for c in choices if c.index not in blocked]
+                if choices and not kept and getattr(chunk, "usage", None) is None:
+                    continue  # only refused choices' content: dropped
+                if len(kept) != len(choices):
+                    chunk = chunk.model_copy(update={"choices": kept})
+                grew = False
+                for choice in kept:
+                    added = _delta_size(choice.delta)
+                    size[choice.index] = size.get(choice.index, 0) + added
+                    written = getattr(choice.delta, "content", None) or ""
+                    content[choice.index] = content.get(choice.index, "") + written
+                    grew = grew or added > 0
+                if not grew and not pending:
+                    yield _Emit(chunk)  # no reply content (the role, a finish reason, usage): nothing to judge
+                    continue
+                pending.append(chunk)
+            due = ended or any(
+                pace.due(content.get(i, ""), size[i] - judged.get(i, 0)) for i in size if i not in blocked
+            )
+            grown = [i for i in sorted(size) if i not in blocked and size[i] > judged.get(i, 0)]
+            if due and grown:
+                texts = _choices_text_from_chunks(received)
+                indexes = [i for i in grown if texts.get(i) is not None]
+                results: list[GuardResult] = (
+                    (yield Judge(self._reply_checks(conversation, request_error, [texts[i] for i in indexes])))
+                    if indexes
+                    else []
+                )
+                checks_made += 1
+                for i in grown:
+                    judged[i] = size[i]
+                output.update(zip(indexes, results, strict=True))
+                flagged = [i for i, r in zip(indexes, results, strict=True) if blocks(r, "output")]
+                if flagged:
+                    blocked.extend(flagged)
+                    report = self._stream_report(input_result, output, blocked, checks_made)
+                    publish(report)
+                    text = format_violation(self.violation_message, "output")
+                    if self.on_flagged == "raise":
+                        raise ChatCompletionBlocked(
+                            text, result=output[flagged[0]], stage="output", report=report, completion=received
+                        )
+                    pending = self._refuse_chunks(pending, flagged, text) if template is not None else pending
+                    if not pending or not any(getattr(c, "choices", None) for c in pending):
+                        pending.extend(
+                            template.model_copy(update={"choices": [_refusal_chunk_choice(i, text)], "usage": None})
+                            for i in flagged
+                        )
+                    if all(i in blocked for i in size):  # nothing left to stream: stop paying for the rest
+                        for held in pending:
+                            yield _Emit(held)
+                        return
+                publish(self._stream_report(input_result, output, blocked, checks_made))
+                for held in pending:
+                    yield _Emit(held)
+                pending = []
+            if ended:
+                for held in pending:
+                    yield _Emit(held)
+                publish(self._stream_report(input_result, output, blocked, checks_made))
+                return
+
+    def _judged_responses(
+        self,
+        kwargs: Mapping[str, Any],
+        conversation: list[Message] | None,
+        request_error: InvalidInputError | None,
+        input_result: GuardResult | None,
+        publish: Any,
+    ) -> _StreamPlan:
+        """Responses events, held until the reply so far is judged (see the module docs)."""
+        pace = _Pace(self.stream_chunk_chars)
+        received: list[Any] = []  # every event of the API
+        pending: list[Any] = []  # events held until the next judgement
+        text = ""  # the output text so far (for sentence boundaries)
+        size = judged = 0  # characters of reply so far, and when last judged
+        last_reply: Any = None
+        output: dict[int, GuardResult] = {}
+        checks_made = 0
+        created: Any = None  # the Response of response.created (ids and model for a refusal)
+        sequence = -1  # the last sequence number released
+        items = 0  # output items released (a refusal message comes after them)
+        while True:
+            event = yield _Pull()
+            ended = event is _END
+            if not ended:
+                received.append(event)
+                kind = _event_type(event)
+                if kind == "response.created":
+                    created = getattr(event, "response", None)
+                added = _event_delta_size(event)
+                size += added
+                if kind == "response.output_text.delta":
+                    text += getattr(event, "delta", "") or ""
+                if not pending and kind in _RESPONSES_HEAD_EVENTS:
+                    sequence = max(sequence, _sequence(event))
+                    yield _Emit(event)  # the stream's opening (created, in progress): no reply in it
+                    continue
+                pending.append(event)
+                if not (size > judged and pace.due(text, size - judged)):
+                    continue
+            reply: str | InvalidInputError | None
+            if ended:
+                final = _final_response(received)
+                try:
+                    message = responses_output_message(
+                        final.output if final is not None else _output_items_from_events(received)
+                    )
+                    reply = (
+                        InvalidInputError("the guard judges text responses; this reply contains images")
+                        if message.images
+                        else message.body()
+                    )
+                except InvalidInputError as exc:
+                    reply = exc
+            else:
+                reply = _partial_reply(received)
+            if reply is not None and not (isinstance(reply, str) and reply == last_reply):
+                (result,) = yield Judge(self._reply_checks(conversation, request_error, [reply]))
+                checks_made += 1
+                judged, last_reply, output[0] = size, reply, result
+                if blocks(result, "output"):
+                    report = self._stream_report(input_result, output, [0], checks_made)
+                    publish(report)
+                    refusal = format_violation(self.violation_message, "output")
+                    if self.on_flagged == "raise":
+                        raise ResponseBlocked(refusal, result=result, stage="output", report=report, response=received)
+                    for item in _refusal_events(
+                        refusal, kwargs, base=created, output_index=items, first_sequence=sequence + 1
+                    ):
+                        yield _Emit(item)
+                    return
+            publish(self._stream_report(input_result, output, [], checks_made))
+            for held in pending:
+                items += _event_type(held) == "response.output_item.added"
+                sequence = max(sequence, _sequence(held))
+                yield _Emit(held)
+            pending = []
+            if ended:
+                return
+
+    @staticmethod
+    def _stream_report(
+        input_result: GuardResult | None, output: Mapping[int, GuardResult], blocked: Sequence[int], checks: int
+    ) -> GuardReport:
+        return GuardReport(
+            input=input_result,
+            output=dict(output),
+            blocked="output" if blocked else None,
+            blocked_choices=tuple(blocked),
+            output_checks=checks,
+        )
+
     # -- one responses.create() call, as a plan -------------------------------------------------------
 
     def _responses_plan(self, kwargs: dict[str, Any]) -> Plan[Any]:
@@ -574,6 +813,12 @@ class _Guarded:
             response.guardreasoner = report
             return response
 
+        if stream and self.stream_check == "chunks":
+            return self._judged_stream(
+                lambda publish: self._judged_responses(kwargs, conversation, request_error, input_result, publish),
+                response,
+                GuardReport(input=input_result),
+            )
         events: list[Any] = []
         if stream:
             events = yield Drain(response)
@@ -835,9 +1080,20 @@ def _refused_response(text: str, kwargs: Mapping[str, Any], *, base: Any = None)
     return Response.model_validate(data).model_copy(update=update)
 
 
-def _refusal_events(text: str, kwargs: Mapping[str, Any], *, base: Any = None, head: Sequence[Any] = ()) -> list[Any]:
+def _refusal_events(
+    text: str,
+    kwargs: Mapping[str, Any],
+    *,
+    base: Any = None,
+    head: Sequence[Any] = (),
+    output_index: int = 0,
+    first_sequence: int | None = None,
+) -> list[Any]:
     """The events of a streamed refusal: the stream's opening events (or a new ``response.created``), the
-    refusal message streamed as text, and ``response.incomplete`` with the refused ``Response``."""
+    refusal message streamed as text, and ``response.incomplete`` with the refused ``Response``.
+
+    ``first_sequence`` set: the stream is already open (a judged stream stopped midway); no opening events, the
+    refusal message is output item ``output_index`` and the sequence numbers go on from ``first_sequence``."""
     from openai.types.responses import (
         ResponseContentPartAddedEvent,
         ResponseContentPartDoneEvent,
@@ -853,16 +1109,26 @@ def _refusal_events(text: str, kwargs: Mapping[str, Any], *, base: Any = None, h
     message = refused.output[0].model_dump(mode="json", exclude_none=True)
     opening = message | {"status": "in_progress", "content": []}
     part = {"type": "output_text", "text": "", "annotations": []}
-    where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
+    where = {"item_id": message["id"], "output_index": output_index, "content_index": 0}
     events: list[tuple[Any, dict[str, Any]]] = [
-        (ResponseOutputItemAddedEvent, {"type": "response.output_item.added", "output_index": 0, "item": opening}),
+        (
+            ResponseOutputItemAddedEvent,
+            {"type": "response.output_item.added", "output_index": output_index, "item": opening},
+        ),
         (ResponseContentPartAddedEvent, {"type": "response.content_part.added", "part": part, **where}),
         (ResponseTextDeltaEvent, {"type": "response.output_text.delta", "delta": text, "logprobs": [], **where}),
         (ResponseTextDoneEvent, {"type": "response.output_text.done", "text": text, "logprobs": [], **where}),
         (ResponseContentPartDoneEvent, {"type": "response.content_part.done", "part": part | {"text": text}, **where}),
-        (ResponseOutputItemDoneEvent, {"type": "response.output_item.done", "output_index": 0, "item": message}),
+        (
+            ResponseOutputItemDoneEvent,
+            {"type": "response.output_item.done", "output_index": output_index, "item": message},
+        ),
         (ResponseIncompleteEvent, {"type": "response.incomplete", "response": refused}),
     ]
+    if first_sequence is not None:
+        return [
+            cls.model_validate(data | {"sequence_number": first_sequence + i}) for i, (cls, data) in enumerate(events)
+        ]
     if head:
         out = list(head)
     else:
@@ -982,3 +1248,144 @@ class GuardedAsyncOpenAI(_Guarded):
     """
 
     _async = True
+
+
+# -- streams released in judged chunks: the plan's effects and their drivers ----------------------------------
+
+StreamCheck = Literal["chunks", "buffered"]
+"""How a guarded stream is checked: ``"chunks"`` (released in judged chunks) or ``"buffered"`` (read whole,
+judged once, replayed)."""
+
+_END = object()
+"""What :class:`_Pull` receives when the API's stream has ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pull:
+    """Effect: the next item of the API's stream (or :data:`_END`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Emit:
+    """Effect: hand ``item`` to the caller."""
+
+    item: Any
+
+
+_StreamPlan = Generator["_Pull | _Emit | Judge", Any, None]
+
+_SENTENCE_END = re.compile(r"""(?:[.!?…。！？;:]["')\]»”’]*|\n)\s*$""")
+
+
+class _Pace:
+    """When the reply so far is judged: ``chars`` new characters ending at a sentence boundary, or ``2 * chars``
+    new characters whatever they end with."""
+
+    def __init__(self, chars: int) -> None:
+        self.chars = chars
+
+    def due(self, text: str, new_chars: int) -> bool:
+        if new_chars >= 2 * self.chars:
+            return True
+        return new_chars >= self.chars and bool(_SENTENCE_END.search(text[-64:]))
+
+
+def _delta_size(delta: Any) -> int:
+    """Characters of reply content in a chat chunk's delta (text, refusal, tool-call names and arguments, an
+    audio transcript)."""
+    if delta is None:
+        return 0
+    total = len(getattr(delta, "content", None) or "") + len(getattr(delta, "refusal", None) or "")
+    for call in getattr(delta, "tool_calls", None) or []:
+        function = getattr(call, "function", None)
+        if function is not None:
+            total += len(getattr(function, "name", None) or "") + len(getattr(function, "arguments", None) or "")
+    audio = getattr(delta, "audio", None)
+    transcript = audio.get("transcript") if isinstance(audio, Mapping) else getattr(audio, "transcript", None)
+    return total + (len(transcript) if isinstance(transcript, str) else 0)
+
+
+_REPLY_DELTAS = (
+    "response.output_text.delta",
+    "response.refusal.delta",
+    "response.function_call_arguments.delta",
+    "response.audio.transcript.delta",
+)
+def _event_delta_size(event: Any) -> int:
+    if _event_type(event) in _REPLY_DELTAS:
+        return len(getattr(event, "delta", "") or "")
+    return 0
+
+
+def _sequence(event: Any) -> int:
+    value = event.get("sequence_number") if isinstance(event, Mapping) else getattr(event, "sequence_number", None)
+    return value if isinstance(value, int) else -1
+
+
+def _partial_reply(events: Sequence[Any]) -> str | None:
+    """The reply written so far in a Responses stream: its text, refusal and function-call argument deltas."""
+    pieces = [getattr(e, "delta", "") or "" for e in events if _event_type(e) in _REPLY_DELTAS]
+    text = "".join(pieces)
+    return text or None
+
+
+def _drive_sync(
+    plan: _StreamPlan, source: Any, guard: Guard, policy: GuardErrorPolicy, timeout_s: float | None
+) -> Iterator[Any]:
+    """Run a judged-stream plan: pull from ``source``, judge with the guard, yield what the plan emits. The API's
+    stream is closed when the plan ends (a flag stops it early) or the caller stops iterating."""
+    iterator = iter(source)
+    value: Any = None
+    try:
+        while True:
+            try:
+                effect = plan.send(value)
+            except StopIteration:
+                return
+            value = None
+            if isinstance(effect, _Emit):
+                yield effect.item
+            elif isinstance(effect, _Pull):
+                value = next(iterator, _END)
+            else:
+                value = _judge_sync(guard, effect.checks, policy, timeout_s)
+    finally:
+        plan.close()
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+async def _drive_async(
+    plan: _StreamPlan, source: Any, guard: Guard, policy: GuardErrorPolicy, timeout_s: float | None
+) -> AsyncIterator[Any]:
+    """Async :func:`_drive_sync` (``amoderate_batch``, the async client's stream)."""
+    iterator = source.__aiter__() if hasattr(source, "__aiter__") else None
+    plain = iter(source) if iterator is None else None
+    value: Any = None
+    try:
+        while True:
+            try:
+                effect = plan.send(value)
+            except StopIteration:
+                return
+            value = None
+            if isinstance(effect, _Emit):
+                yield effect.item
+            elif isinstance(effect, _Pull):
+                if iterator is not None:
+                    try:
+                        value = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        value = _END
+                else:
+                    value = next(plain, _END)  # type: ignore[arg-type]
+            else:
+                value = await _judge_async(guard, effect.checks, policy, timeout_s)
+    finally:
+        plan.close()
+        close = getattr(source, "close", None)
+        if close is not None:
+            outcome = close()
+            if hasattr(outcome, "__await__"):
+                await outcome

@@ -115,7 +115,7 @@ def test_images_reach_the_guard(guard: Guard, backend: AsyncFakeBackend, server:
 
 
 def test_streaming_is_buffered_checked_and_replayed(guard: Guard, server: FakeOpenAIServer) -> None:
-    client = GuardedOpenAI(sync_client(server), guard)
+    client = GuardedOpenAI(sync_client(server), guard, stream_check="buffered")
     stream = client.chat.completions.create(
         model="fake-chat", messages=SAFE, stream=True, stream_options={"include_usage": True}
     )
@@ -131,12 +131,12 @@ def test_streaming_output_flagged() -> None:
     guard = Guard(backend=AsyncFakeBackend(harmful_keywords=["poison"]))
     server = FakeOpenAIServer(reply="Mix the poison slowly.")
     with pytest.raises(ChatCompletionBlocked) as caught:
-        GuardedOpenAI(sync_client(server), guard, on_flagged="raise").chat.completions.create(
+        GuardedOpenAI(sync_client(server), guard, on_flagged="raise", stream_check="buffered").chat.completions.create(
             model="fake-chat", messages=SAFE, stream=True
         )
     assert caught.value.stage == "output" and isinstance(caught.value.completion, list)
 
-    client = GuardedOpenAI(sync_client(server), guard, on_flagged="block")
+    client = GuardedOpenAI(sync_client(server), guard, on_flagged="block", stream_check="buffered")
     chunks = list(
         client.chat.completions.create(
             model="fake-chat", messages=SAFE, stream=True, stream_options={"include_usage": True}

@@ -8,6 +8,11 @@ records every request (path, headers, JSON body) and fails on cue, driven by mar
 * ``GARBAGE`` -> HTTP 200 with a body that is not JSON; ``SLOW`` -> answers after 2 s;
 * ``FLAKY<n>`` -> HTTP 503 for the first n attempts of that text, then an answer;
 * ``RETRYAFTER`` -> HTTP 429 with ``Retry-After: 1`` once, then an answer;
+* ``"stream": true`` in the body -> the answer as server-sent events, one word token per chunk, as vLLM streams
+  (chat: ``delta.content`` and ``logprobs.content``; completions: ``text`` and per-chunk ``logprobs`` lists with
+  running ``text_offset``), a usage chunk when ``stream_options.include_usage``, then ``data: [DONE]``;
+  ``BREAKSTREAM`` -> the connection breaks after three chunks; ``SLOWSTREAM`` -> 0.2 s between chunks, and a
+  client that leaves midway is counted in ``Recorder.streams_aborted``;
 * ``LOGPROBS`` -> when the request asks for log-probabilities, the answer carries them in OpenAI's format
   (chat: ``content`` entries with ``bytes``; completions: ``tokens`` / ``top_logprobs`` / ``text_offset``),
   the answer split into word tokens, with P(" harmful") = :data:`HARMFUL_P` at each label. Without the marker
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from guardreasoner_vl.backends.fake import verdict_output
 from guardreasoner_vl.prompts import ModelFamily
@@ -87,6 +92,7 @@ class Recorder:
     in_flight: int = 0
     max_in_flight: int = 0
     delay_s: float = 0.0
+    streams_aborted: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -96,6 +102,7 @@ class Recorder:
             self.in_flight = 0
             self.max_in_flight = 0
             self.delay_s = 0.0
+            self.streams_aborted = 0
 
 
 def _user_text(path: str, body: dict[str, Any]) -> str:
@@ -167,6 +174,10 @@ def make_chat_app(recorder: Recorder) -> Any:
                 obj = "text_completion"
                 if "LOGPROBS" in text and body.get("logprobs"):
                     choice["logprobs"] = _logprobs(answer, chat=False, top=int(body["logprobs"]))
+            if body.get("stream"):
+                return StreamingResponse(
+                    _sse_chunks(answer, choice, body, usage, text, recorder), media_type="text/event-stream"
+                )
             return JSONResponse(
                 {"id": "cmpl-1", "object": obj, "model": body.get("model"), "choices": [choice], "usage": usage}
             )
@@ -183,6 +194,58 @@ def make_chat_app(recorder: Recorder) -> Any:
         return await handle(request, "/v1/completions")
 
     return app
+
+
+async def _sse_chunks(
+    answer: str, choice: dict[str, Any], body: dict[str, Any], usage: dict[str, Any], text: str, recorder: Recorder
+) -> Any:
+    """The answer streamed as vLLM streams it (see the module docs)."""
+    import json
+
+    chat = "message" in choice
+    tokens = re.findall(r"\s*\S+|\s+", answer)
+    logprobs = choice.get("logprobs")
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    finished = False
+
+    def event(data: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps({'id': 'cmpl-1', 'object': kind, 'model': body.get('model'), **data})}\n\n".encode()
+
+    try:
+        if chat:
+            opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            yield event({"choices": [opening]})
+        offset = 0
+        for i, token in enumerate(tokens):
+            if "BREAKSTREAM" in text and i == 3:
+                raise RuntimeError("the connection breaks")
+            if "SLOWSTREAM" in text:
+                await asyncio.sleep(0.2)
+            if chat:
+                piece: dict[str, Any] = {"index": 0, "delta": {"content": token}, "finish_reason": None}
+                if logprobs:
+                    piece["logprobs"] = {"content": [logprobs["content"][i]]}
+            else:
+                piece = {"index": 0, "text": token, "finish_reason": None}
+                if logprobs:
+                    piece["logprobs"] = {
+                        "tokens": [token],
+                        "token_logprobs": [logprobs["token_logprobs"][i]],
+                        "top_logprobs": [logprobs["top_logprobs"][i]],
+                        "text_offset": [offset],
+                    }
+            offset += len(token)
+            yield event({"choices": [piece]})
+        last: dict[str, Any] = {"index": 0, "finish_reason": "stop", **({"delta": {}} if chat else {"text": ""})}
+        yield event({"choices": [last]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield event({"choices": [], "usage": usage})
+        yield b"data: [DONE]\n\n"
+        finished = True
+    finally:
+        if not finished and "BREAKSTREAM" not in text:
+            with recorder.lock:
+                recorder.streams_aborted += 1
 
 
 @dataclass

@@ -123,6 +123,14 @@ class FunctionBackend(Backend):
         self._lock = threading.Lock()
         self.closed = False
 
+    def cache_identity(self) -> dict[str, object]:
+        """The function's module and qualified name (two different functions never share verdict-cache entries)."""
+        fn = self._fn
+        return {
+            **super().cache_identity(),
+            "function": f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}",
+        }
+
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
         with self._lock:
             self.calls.append(list(requests))
@@ -175,6 +183,10 @@ class FakeBackend(FunctionBackend):
         self._keywords = [k.lower() for k in harmful_keywords]
         self._next = 0
         super().__init__(self._answer, family=family)
+
+    def cache_identity(self) -> dict[str, object]:
+        """Its keywords or fixed outputs (fixed outputs cycle regardless of the input: do not cache those)."""
+        return {**super().cache_identity(), "keywords": list(self._keywords), "outputs": self._outputs}
 
     def _answer(self, request: GenerationRequest) -> str:
         if self._outputs is not None:

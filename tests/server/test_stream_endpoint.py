@@ -151,3 +151,36 @@ def test_playground_route_is_served_only_when_asked() -> None:
         assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "unsafe-inline" not in policy
         assert "/v1/guard/stream" in page.text or "v1/guard/stream" in page.text
         assert "<script src" not in page.text and "http://" not in page.text and "https://" not in page.text
+
+
+def test_serve_command_with_a_cache_file_and_the_playground(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    from test_serve_cli import ROOT, free_port
+
+    port, cache = free_port(), tmp_path / "verdicts.db"
+    command = [sys.executable, "-m", "guardreasoner_vl.cli", "serve", "--backend", "fake", "--port", str(port),
+               "--cache", str(cache), "--playground", "--max-streams", "2", "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        assert httpx.get(url + "/").status_code == 200
+        first = httpx.post(url + "/v1/guard", json={"text": "a bomb"}).json()
+        status, got = read_stream(url, {"text": "a bomb"})
+        assert status == 200 and got[-1][1]["raw_output"] == first["raw_output"]
+        assert metric(url, 'guardreasoner_cache_lookups_total{result="hit"}') == 1
+        assert cache.exists()
+    finally:
+        proc.terminate()
+        proc.wait(30)

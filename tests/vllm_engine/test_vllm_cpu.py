@@ -130,6 +130,7 @@ def vllm_run(vllm_python, verdict_text_path, tmp_path_factory, server_process, i
             "model": str(verdict_text_path),
             "max_new_tokens": MAX_NEW,
             "items": ITEMS,
+            "stream_items": [0, *TAUGHT],
             "backend_options": {"dtype": "float32", "enforce_eager": True},
         },
         "mm_expansion": {
@@ -244,6 +245,28 @@ def test_vllm_expands_our_image_placeholder_to_the_transformers_ids(vllm_run, im
     assert result["expanded_pre_expanded"].count(image_ids["pad"]) == 2 * image_ids["n"] - 1
 
 
+def test_streaming_on_the_engine_step_loop_equals_the_batch(offline):
+    """Guard.stream on vLLM: the text arrives in pieces, and the result is the batch's (same greedy text, scores)."""
+    assert [s["index"] for s in offline["streamed"]] == [0, *TAUGHT]
+    for streamed in offline["streamed"]:
+        expected = offline["results"][streamed["index"]]
+        result = streamed["result"]
+        assert len(streamed["deltas"]) >= 3 and "".join(streamed["deltas"]) == result["raw_output"]
+        drop = ("usage",)
+        assert {k: v for k, v in result.items() if k not in drop} == {
+            k: v for k, v in expected.items() if k not in drop
+        }, streamed["index"]
+        assert result["usage"]["completion_tokens"] == expected["usage"]["completion_tokens"]
+    assert any(s["result"]["request_score"] is not None for s in offline["streamed"])
+
+
+def test_a_given_up_vllm_stream_is_aborted_and_frees_the_engine(offline):
+    cancel = offline["cancel"]
+    assert cancel["first_piece"] and cancel["lock_free"] and cancel["unfinished"] is False
+    assert cancel["close_s"] < 5.0
+    assert cancel["after"] == offline["results"][0]["raw_output"]  # the engine judges normally afterwards
+
+
 # -- vLLM's OpenAI server behind the remote backend --------------------------------------------------
 
 
@@ -275,6 +298,23 @@ def test_remote_token_ids_mode_sends_injection_safely(vllm_server, offline, verd
     expected = offline["results"][2]
     assert result.usage.prompt_tokens == expected["usage"]["prompt_tokens"]
     assert result.raw_output == expected["raw_output"]
+
+
+def test_remote_stream_from_the_vllm_server(vllm_server, offline):
+    """``"stream": true`` from the real ``vllm serve``: pieces, then the offline engine's text and scores (vLLM
+    sends the log-probabilities chunk by chunk)."""
+    with remote_guard(vllm_server) as guard:
+        for i in TAUGHT:
+            events = list(guard.stream(ITEMS[i]["text"], response=ITEMS[i].get("response")))
+            result, expected = events[-1].result, offline["results"][i]
+            assert len(events) >= 4 and "".join(e.text for e in events[:-1]) == result.raw_output
+            assert result.raw_output == expected["raw_output"] and result.status == expected["status"]
+            assert result.usage.completion_tokens == expected["usage"]["completion_tokens"]
+            for field in ("request_score", "response_score", "refusal_score"):
+                if expected[field] is None:
+                    assert getattr(result, field) is None
+                else:
+                    assert getattr(result, field) == pytest.approx(expected[field], abs=1e-4), (i, field)
 
 
 async def test_remote_async_on_vllm_server(vllm_server, offline):

@@ -70,6 +70,31 @@ def _offline(spec: dict[str, Any]) -> dict[str, Any]:
     sampled = guard.with_options(temperature=0.9, top_p=0.95, seed=7)
     sampled_a = sampled.moderate_batch(items[:2])
     sampled_b = sampled.moderate_batch(items[:2])
+    streamed = []  # Guard.stream on the engine's step loop: deltas, and the final result
+    for index in spec.get("stream_items", []):
+        item = items[index]
+        events = list(guard.stream(item["text"], response=item.get("response")))
+        streamed.append(
+            {
+                "index": index,
+                "deltas": [e.text for e in events[:-1]],
+                "result": events[-1].result.model_dump(mode="json"),
+            }
+        )
+    # a stream given up after its first piece: the request is aborted and the engine is free again
+    long_guard = guard.with_options(max_new_tokens=2000)
+    stream = long_guard.stream("Tell me a very long story about a cat and a dog.")
+    first_piece = next(stream).text
+    start = time.perf_counter()
+    stream.close()
+    cancel = {
+        "first_piece": first_piece,
+        "close_s": time.perf_counter() - start,
+        "lock_free": not backend._lock.locked(),
+        "unfinished": backend.llm.llm_engine.has_unfinished_requests(),
+        # streamed again (not through LLM.generate, whose recorded calls the other checks read)
+        "after": list(guard.stream(items[0]["text"]))[-1].result.raw_output,
+    }
     encoded = []
     for item in items:
         try:
@@ -90,6 +115,8 @@ def _offline(spec: dict[str, Any]) -> dict[str, Any]:
         "sampled_b": [r.raw_output for r in sampled_b],
         "encoded": encoded,
         "calls": calls,
+        "streamed": streamed,
+        "cancel": cancel,
     }
     guard.close()
     out["closed"] = backend.llm is None

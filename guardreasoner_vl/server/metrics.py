@@ -23,7 +23,8 @@ metric                                         type      meaning
 ``guardreasoner_rejected_total``               counter   requests refused before judging, by ``reason``
 ``guardreasoner_errors_total``                 counter   failures by ``kind`` (engine, internal ...)
 ``guardreasoner_streams_total``                counter   ``/v1/guard/stream`` requests by ``outcome``
-                                                         (``completed``, ``error``, ``disconnected``)
+                                                         (``completed``, ``error``, ``disconnected``,
+                                                         ``rejected``)
 ``guardreasoner_streams_active``               gauge     streams running now
 ``guardreasoner_cache_lookups_total``          counter   verdict-cache lookups by ``result`` (``hit``/``miss``)
 ``guardreasoner_cache_stores_total``           counter   generations written to the verdict cache

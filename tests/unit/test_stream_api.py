@@ -198,3 +198,20 @@ def test_a_cache_hit_streams_the_cached_output_once() -> None:
     assert engine.produced == 0 and [e.type for e in second] == ["reasoning", "result"]
     assert second[0].text == OUT
     assert second[-1].result.model_dump(exclude={"usage"}) == first[-1].result.model_dump(exclude={"usage"})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "guardreasoner_vl.streaming",
+        "guardreasoner_vl.cache",
+        "guardreasoner_vl.server.playground",
+        "guardreasoner_vl.guard",
+    ],
+)
+def test_docstring_examples_run(name: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0, name

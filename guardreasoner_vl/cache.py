@@ -29,7 +29,9 @@ never stored.
 So a result is never served across different settings. **Sampling** (``temperature > 0``) without a seed is
 never cached: each call is a new draw. Seeded sampling is cached (the seed fixes the draw; note that the
 transformers engine draws a batch with one seed, so an item's draw also depends on its batch neighbours:
-the cache returns the draw of its first computation).
+the cache returns the draw of its first computation). Greedy decoding of one input alone and inside a padded
+batch can differ at rare near-ties of a low-precision model (padding changes floating-point rounding); the
+cache likewise keeps the first computation.
 
 Two stores: :class:`MemoryCache` (bounded LRU, in this process) and :class:`SqliteCache` (a file, shared by
 processes: SQLite in WAL mode, each write one transaction, bounded in entries and bytes with least-recently-

@@ -41,6 +41,9 @@ disk, a locked file past the timeout) is logged and counted as an error, and the
 Two identical requests that miss at the same moment are both computed (no request coalescing); the second
 store replaces the first with the same content.
 
+The stored outputs are the model's reasoning, which often quotes the moderated text: protect a cache file as
+you would logs of that content (its folder's permissions; ``SqliteCache.clear()`` empties it).
+
 Example:
     >>> from guardreasoner_vl import Guard
     >>> from guardreasoner_vl.backends import FakeBackend

@@ -684,8 +684,15 @@ class Guard:
             InvalidInputError: ``item`` is not a :class:`PreparedItem` of this guard's family (raised now).
         """
         self._check_open()
-        self._pending([item])
+        self._streamable(item)
         return self._stream(item, sampling or self.params)
+
+    def _streamable(self, item: PreparedItem) -> None:
+        if not isinstance(item, PreparedItem):
+            raise InvalidInputError(
+                f"stream_prepared takes a PreparedItem (from Guard.prepare), got {type(item).__name__}"
+            )
+        self._pending([item])  # the family check
 
     def _stream(self, item: PreparedItem, params: SamplingParams) -> Iterator[GuardEvent]:
         start = time.perf_counter()
@@ -760,7 +767,7 @@ class Guard:
     ) -> AsyncGenerator[GuardEvent, None]:
         """Async :meth:`stream_prepared` (the engine's ``astream``)."""
         self._check_open()
-        self._pending([item])
+        self._streamable(item)
         params = sampling or self.params
         start = time.perf_counter()
         key: str | None = None

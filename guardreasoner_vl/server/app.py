@@ -798,7 +798,9 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
         except BaseException:
             slot.release("rejected")
             raise
-        assert isinstance(item, PreparedItem)  # one input, not isolated: its failure was the 400 above
+        if not isinstance(item, PreparedItem):  # pragma: no cover - one input, not isolated: a failure is a 400
+            slot.release("rejected")
+            raise APIError(400, item.error or "the input could not be prepared")
         events = state.sse(item, slot)
 
         async def finish() -> None:  # runs after the response, also when the client disconnected

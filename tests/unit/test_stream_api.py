@@ -93,6 +93,11 @@ def test_bad_input_raises_before_the_first_event() -> None:
         guard.stream(image=b"not an image")
     with pytest.raises(InvalidInputError, match="PreparedItem"):
         guard.stream_prepared("text")  # type: ignore[arg-type]
+    failed = guard.prepare_batch([""])[0]  # a GuardResult (invalid_input) from a batch
+    with pytest.raises(InvalidInputError, match="PreparedItem"):
+        guard.stream_prepared(failed)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="text family"):
+        Guard(backend=TokenBackend(), family="text").stream_prepared(guard.prepare("hi"))
 
     async def first() -> None:
         await guard.astream("").__anext__()

@@ -1,11 +1,15 @@
 """Ray runner benchmark on the tiny model, CPU, everything measured side by side in one run.
 
+Timings on a machine shared with other work swing widely: each figure is the median of ``--repeats`` runs,
+one process and Ray alternating, with the range; the load average is printed at the start and the end.
+
 (a) Ray overhead: the same N-row job (``moderate-file`` rows, tiny VL model, transformers engine, greedy) in
     one process (``batch.moderate_file``) and on ONE Ray actor (``distributed.moderate_dataset``), at equal
-    parallelism (the same number of torch threads), for 1 and for 2 threads. Model load is outside both
-    timings. For Ray, start-up is reported apart: ``ray.init``, then the pipeline's start until the actor has
-    loaded its guard (worker process, imports, model load); the ratio compares the rest (judging, moving rows,
-    commits, the final file) with the one-process wall time.
+    parallelism (the same number of torch threads: ``--threads 1 2``; on 2 shared cores two spinning OpenMP
+    threads per process measure the neighbours more than the code, so 1 is the default). Model load is
+    outside both timings. For Ray, start-up is reported apart: ``ray.init``, then the pipeline's start until
+    the actor has loaded its guard (worker process, imports, model load); the ratio compares the rest
+    (judging, moving rows, commits, the final file) with the one-process wall time.
 (b) Scaling: 1 vs 2 actors of 1 CPU each on this machine, steady-state rows/s.
 (c) The framework alone: the same rows with the fake engine (no model), to put a number on Ray's cost per
     block.
@@ -107,6 +111,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--block-rows", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1], help="torch threads of (a): 1 actor with N CPUs vs N threads"
+    )
+    parser.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=0,
+        help="niceness of Ray's worker processes (Ray's own default is 15: on a machine shared with other work "
+        "that alone slows the actors against a one-process run at niceness 0)",
+    )
     args = parser.parse_args()
 
     import ray
@@ -118,13 +132,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ray."))
     src = work / "in.jsonl"
     write_input(src, args.rows)
+    os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # noqa: SIM112 - Ray reads this exact name
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     start = time.perf_counter()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_init = time.perf_counter() - start
     print(f"machine: {os.cpu_count()} CPU(s), torch {torch.__version__} default threads {torch.get_num_threads()}, "
           f"ray {ray.__version__}; {args.rows} rows, tiny VL model, {args.new_tokens} new tokens, batch "
-          f"{args.batch_size}, block {args.block_rows} rows; ray.init {ray_init:.2f}s", file=sys.stderr)  # fmt: skip
+          f"{args.batch_size}, block {args.block_rows} rows; worker niceness {args.worker_niceness}; ray.init "
+          f"{ray_init:.2f}s; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)  # fmt: skip
     lines: list[str] = []
 
     def report(line: str) -> None:
@@ -140,7 +156,7 @@ def main() -> None:
     # median is reported with the range.
     warmup = on_ray(model, src, work / "warm.jsonl", args, 1, 1)  # first actor start of the session: cold
     report(f"cold start (first job on the cluster): pipeline start -> actor ready {warmup.actors_ready_s[0]:.2f}s")
-    for threads in (1, 2):
+    for threads in args.threads:
         local_out, ray_out = work / f"local{threads}.jsonl", work / f"ray{threads}.jsonl"
         locals_, startups, steadies, loads, wholes = [], [], [], [], []
         for _ in range(args.repeats):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from guardreasoner_vl.distributed.moderate import brief
 from guardreasoner_vl.distributed.pool import EvalActor, PoolOptions, RayCluster, Source, run_blocks
 from guardreasoner_vl.distributed.spec import GuardSpec
 from guardreasoner_vl.errors import BackendError, GuardError, InvalidInputError
@@ -171,6 +172,7 @@ def evaluate_on_ray(
             with RayCluster(address, init_options) as cluster:
                 while todo:
                     attempts += 1
+                    before = len(appended)
                     tables: list[Any] = []
                     first_index = 0
                     for members in todo:
@@ -196,12 +198,12 @@ def evaluate_on_ray(
                     todo = [members for members in todo if members]
                     if not todo:
                         break
-                    if attempts >= max_attempts:
+                    if attempts >= max_attempts or len(appended) == before:
                         left = sum(map(len, todo))
                         raise BackendError(
                             f"the Ray job stopped with {left} sample(s) not judged after {attempts} attempt(s) "
-                            f"({type(failure).__name__ if failure else 'no error'}: {failure}); run the same "
-                            "command again to judge only the missing samples"
+                            f"({brief(failure)}); what was judged is saved: run the same command again to judge "
+                            "only the missing samples"
                         ) from failure
                     logger.warning("the Ray pipeline stopped (%s); starting it again for the rest", failure)
     finally:

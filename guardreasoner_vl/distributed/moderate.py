@@ -16,9 +16,10 @@ Guarantees:
 * **Exactly once, resumable.** Every input row has a stable id. A block of judged rows is committed as one
   part file, atomically, named after the ids it holds. A rerun reads the committed parts and judges only the
   rows that are missing, whatever killed the run before (``kill -9`` of the driver, a lost node). An actor
-  that dies is restarted by Ray and its block retried; if the pipeline itself fails, the driver starts it
-  again for the rows still missing (``max_attempts``). At the end every input id is checked to have exactly
-  one row before the final file is written (atomically).
+  that dies is restarted by Ray and its block retried; if the pipeline itself fails after judging rows (an
+  actor gone for good), the driver starts it again for the rows still missing (``max_attempts``); one that
+  judged nothing (a guard that cannot load) stops the job at once with the cause. At the end every input id
+  is checked to have exactly one row before the final file is written (atomically).
 * **Exit status** (CLI): 1 when the input had rows and none of them is ``ok``, 2 on a bad input or option.
 
 Example:
@@ -102,6 +103,14 @@ class DistributedSummary(BatchSummary):
     actor_rows: tuple[int, ...] = ()
     timeline: tuple[tuple[float, int], ...] = field(default=())
     finalize_s: float = 0.0
+
+
+def brief(failure: BaseException | None, limit: int = 1500) -> str:
+    """A failure in a few lines: its type and the end of its message (Ray puts the root cause last)."""
+    if failure is None:
+        return "rows missing, no error"
+    text = " ".join(str(failure).split())
+    return f"{type(failure).__name__}: {text if len(text) <= limit else '...' + text[-limit:]}"
 
 
 def default_block_rows(batch_size: int) -> int:
@@ -334,8 +343,8 @@ def moderate_dataset(
             connected to, else ``RAY_ADDRESS``, else a new local one.
         init_options: more keyword arguments for ``ray.init`` (``runtime_env``, ``num_cpus`` ...).
         progress: show Ray Data's progress bars; None leaves Ray Data's setting as it is.
-        max_attempts: how many times the pipeline is started when it fails (each start judges only the rows
-            still missing).
+        max_attempts: how many times the pipeline is started when it fails after judging rows (each start
+            judges only the rows still missing; a start that judged nothing is not repeated).
         on_batch: called after each commit with ``(rows written so far, rows flagged so far)``.
 
     Returns:
@@ -397,6 +406,7 @@ def moderate_dataset(
                     pipeline_start = time.time()
                     while pending:
                         attempts += 1
+                        before = run.written
                         tables = _block_tables(pending, keys, spans, malformed, pool.block_rows)
                         try:
                             stream = run_blocks(
@@ -417,11 +427,13 @@ def moderate_dataset(
                         pending = [i for i in pending if keys[i] not in run.committed]
                         if not pending:
                             break
-                        if attempts >= max_attempts:
+                        if attempts >= max_attempts or run.written == before:
+                            # out of attempts, or this one judged nothing (an actor that cannot start, say):
+                            # starting again would fail the same way
                             raise BackendError(
                                 f"the Ray job stopped with {len(pending)} of {len(keys)} row(s) not judged after "
-                                f"{attempts} attempt(s) ({type(failure).__name__ if failure else 'no error'}: "
-                                f"{failure}); run the same command again to judge only the missing rows"
+                                f"{attempts} attempt(s) ({brief(failure)}); what was judged is kept: run the same "
+                                "command again to judge only the missing rows"
                             ) from failure
                         logger.warning(
                             "the Ray pipeline stopped (%s: %s); starting it again for the %d row(s) not committed",

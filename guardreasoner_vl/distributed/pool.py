@@ -159,7 +159,7 @@ def _carry_one(value: Any, limits: InputLimits) -> Any:
         return value  # an unsupported scheme: the guard says so
     try:
         return _read_file(Path(value), limits)
-    except InvalidInputError:
+    except Exception:  # unreadable here: the guard reads it again and records why, as in one process
         return value
 
 

@@ -23,6 +23,7 @@ from guardreasoner_vl.backends import FakeBackend
 from guardreasoner_vl.backends.base import Generation
 from guardreasoner_vl.batch import moderate_file
 from guardreasoner_vl.distributed import GuardSpec, moderate_dataset
+from guardreasoner_vl.errors import BackendError, ModelLoadError
 
 
 def png_bytes(color: str, size: tuple[int, int] = (40, 30)) -> bytes:
@@ -132,6 +133,24 @@ def test_retry_errors_judges_only_the_failed_rows_again(tmp_path: Path, ray_clus
     out = read_rows(tmp_path / "out.jsonl")
     assert [r["id"] for r in out] == list(range(40)) and {r["status"] for r in out} == {"ok"}
     assert sorted(r["id"] for r in part_rows(tmp_path / "out.jsonl.parts")) == list(range(40))  # none left twice
+
+
+class Unloadable(FakeBackend):
+    def __init__(self) -> None:
+        raise ModelLoadError("checkpoint directory not found: /no/such/model")
+
+
+def test_a_guard_that_cannot_load_fails_the_job_at_once_and_says_why(tmp_path: Path, ray_cluster: str) -> None:
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": "x"} for i in range(8)])
+    with pytest.raises(BackendError) as info:
+        moderate_dataset(GuardSpec(backend=Unloadable), src, tmp_path / "out.jsonl", max_attempts=3)
+    message = str(info.value)
+    assert "8 of 8 row(s) not judged after 1 attempt(s)" in message  # no second attempt: it would fail alike
+    assert "checkpoint directory not found: /no/such/model" in message
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

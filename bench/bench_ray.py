@@ -10,7 +10,9 @@ one process and Ray alternating, with the range; the load average is printed at 
     outside both timings. For Ray, start-up is reported apart: ``ray.init``, then the pipeline's start until
     the actor has loaded its guard (worker process, imports, model load); the ratio compares the rest
     (judging, moving rows, commits, the final file) with the one-process wall time.
-(b) Scaling: 1 vs 2 actors of 1 CPU each on this machine, steady-state rows/s.
+(b) Scaling: 1 vs 2 actors of 1 CPU each on this machine, steady-state rows/s, with the tiny model (CPU-bound:
+    the two actors need two free cores) and with an engine that waits 20 ms a row instead of computing (what
+    a GPU or a remote engine looks like from the CPU: the actor mostly waits), which shows the pool itself.
 (c) The framework alone: the same rows with the fake engine (no model), to put a number on Ray's cost per
     block.
 
@@ -65,17 +67,31 @@ def one_process(model: Path | None, src: Path, out: Path, args: argparse.Namespa
         torch.set_num_threads(before)
 
 
-def guard_options(model: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+def waiting_engine() -> Any:
+    """The fake engine, 20 ms a row spent waiting (sleep), not computing (made in each actor)."""
+    from guardreasoner_vl.backends import FakeBackend
+
+    class Waiting(FakeBackend):
+        def generate(self, requests: Any, params: Any) -> Any:
+            time.sleep(0.02 * len(requests))
+            return super().generate(requests, params)
+
+    return Waiting()
+
+
+def guard_options(model: Path | str | None, args: argparse.Namespace) -> dict[str, Any]:
+    if model == "waiting":
+        return {"backend": waiting_engine, "family": "vl", "batch_size": args.batch_size}
     if model is None:
         return {"backend": "fake", "family": "vl", "batch_size": args.batch_size}
     options = {"backend": "transformers", "device": "cpu", "max_new_tokens": args.new_tokens}
     return {**options, "batch_size": args.batch_size}
 
 
-def on_ray(model: Path | None, src: Path, out: Path, args: argparse.Namespace, replicas: int, cpus: float) -> Any:
+def on_ray(model: Path | str | None, src: Path, out: Path, args: argparse.Namespace, replicas: int, cpus: float) -> Any:
     from guardreasoner_vl.distributed import GuardSpec, moderate_dataset
 
-    spec = GuardSpec(str(model) if model else "fake", **guard_options(model, args))
+    spec = GuardSpec(str(model) if isinstance(model, Path) else "fake", **guard_options(model, args))
     return moderate_dataset(
         spec,
         src,
@@ -111,6 +127,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--block-rows", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", nargs="+", default=["a", "b", "c"], help="which measurements to run")
     parser.add_argument(
         "--threads", type=int, nargs="+", default=[1], help="torch threads of (a): 1 actor with N CPUs vs N threads"
     )
@@ -156,7 +173,8 @@ def main() -> None:
     # median is reported with the range.
     warmup = on_ray(model, src, work / "warm.jsonl", args, 1, 1)  # first actor start of the session: cold
     report(f"cold start (first job on the cluster): pipeline start -> actor ready {warmup.actors_ready_s[0]:.2f}s")
-    for threads in args.threads:
+    one_process(model, src, work / "local1.jsonl", args, 1)  # the reference output of the checks
+    for threads in args.threads if "a" in args.parts else []:
         local_out, ray_out = work / f"local{threads}.jsonl", work / f"ray{threads}.jsonl"
         locals_, startups, steadies, loads, wholes = [], [], [], [], []
         for _ in range(args.repeats):
@@ -177,22 +195,31 @@ def main() -> None:
             f"{spread(ratios)}"
             f" (whole job incl. start-up {median(wholes):.2f}s = {median(wholes) / local:.2f}x)"
         )
-    # (b) scaling: 1 vs 2 actors of 1 CPU each.
-    rates: dict[int, list[float]] = {1: [], 2: []}
-    split: list[int] = []
-    for _ in range(args.repeats):
-        for replicas in (1, 2):
-            summary = on_ray(model, src, work / f"s{replicas}.jsonl", args, replicas, 1)
-            check(summary, work / "local1.jsonl", work / f"s{replicas}.jsonl")
-            rates[replicas].append(phases(summary)[2])
-            if replicas == 2:
-                split = list(summary.actor_rows)
-    r1, r2 = median(rates[1]), median(rates[2])
-    report(
-        f"(b) 1 actor {r1:.1f} rows/s {spread(rates[1])}, 2 actors {r2:.1f} rows/s {spread(rates[2])} -> "
-        f"{r2 / r1:.2f}x (rows per actor in the last run {split})"
-    )
+    # (b) scaling: 1 vs 2 actors of 1 CPU each, the tiny model, then an engine that waits.
+    for engine, label, reference in ((model, "tiny model", "local1"), ("waiting", "waiting engine", "fake-local")):
+        if "b" not in args.parts:
+            break
+        if engine == "waiting":
+            one_process(None, src, work / "fake-local.jsonl", args, 1)
+        rates: dict[int, list[float]] = {1: [], 2: []}
+        split: list[int] = []
+        for _ in range(args.repeats):
+            for replicas in (1, 2):
+                summary = on_ray(engine, src, work / f"s{replicas}.jsonl", args, replicas, 1)
+                check(summary, work / f"{reference}.jsonl", work / f"s{replicas}.jsonl")
+                rates[replicas].append(phases(summary)[2])
+                if replicas == 2:
+                    split = list(summary.actor_rows)
+        r1, r2 = median(rates[1]), median(rates[2])
+        report(
+            f"(b) {label}: 1 actor {r1:.1f} rows/s {spread(rates[1])}, 2 actors {r2:.1f} rows/s "
+            f"{spread(rates[2])} -> {r2 / r1:.2f}x (rows per actor in the last run {split})"
+        )
     # (c) the framework alone: no model.
+    if "c" not in args.parts:
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+        ray.shutdown()
+        return
     fake_local = one_process(None, src, work / "fake-local.jsonl", args, 1)
     fake = on_ray(None, src, work / "fake-ray.jsonl", args, 1, 1)
     check(fake, work / "fake-local.jsonl", work / "fake-ray.jsonl")

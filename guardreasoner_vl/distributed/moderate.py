@@ -133,6 +133,36 @@ def format_of(location: str | os.PathLike[str], given: str | None = None) -> For
 
 
 @contextlib.contextmanager
+def _small_row_groups(path: Path, block_rows: int) -> Iterator[Path]:
+    """``path``, or a temporary copy of it whose row groups hold ``block_rows`` rows when its own are much larger.
+
+    A reader of one block decodes every row group the block touches; with the writer defaults (up to a
+    million rows a group) each block of a few dozen rows would decode a whole group.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception:  # not Parquet: the scan says so
+        yield path
+        return
+    groups = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+    if not groups or max(groups) <= 4 * block_rows:
+        yield path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="grvl-ray-parquet."))
+    try:
+        copy = folder / "input.parquet"
+        with pq.ParquetWriter(copy, parquet.schema_arrow) as writer:
+            for batch in parquet.iter_batches(batch_size=block_rows):
+                writer.write_batch(batch, row_group_size=block_rows)
+        logger.info("%s: row groups of up to %d rows, copied into groups of %d", path, max(groups), block_rows)
+        yield copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def _local_input(location: str | os.PathLike[str], spool_dir: Path) -> Iterator[tuple[Path, Path]]:
     """``(a local regular file with the input, the folder relative image paths start from)``.
 
@@ -370,10 +400,13 @@ def moderate_dataset(
     out_format = format_of(output_path, output_format)
     start = time.perf_counter()
     spool_dir = Path(tempfile.gettempdir()) if is_uri(output_path) else Path(output_path).resolve().parent
-    with _local_input(input_path, spool_dir) as (source_path, default_base):
-        base = Path(image_base) if image_base is not None else default_base
+    with contextlib.ExitStack() as stack:
+        source_path, default_base = stack.enter_context(_local_input(input_path, spool_dir))
         if not is_uri(output_path) and Path(output_path).exists() and os.path.samefile(source_path, output_path):
             raise InvalidInputError("the output file must not be the input file")
+        if in_format == "parquet":
+            source_path = stack.enter_context(_small_row_groups(source_path, pool.block_rows))
+        base = Path(image_base) if image_base is not None else default_base
         spans: list[tuple[int, int]] = []
         if in_format == "parquet":
             keys, malformed = _scan_parquet(source_path, skip_invalid=skip_invalid)

@@ -86,10 +86,10 @@ def test_parquet_in_parquet_out_through_a_uri(tmp_path: Path, ray_cluster: str) 
             ),
         }
     )
-    pq.write_table(table, tmp_path / "in.parquet", row_group_size=2)
+    pq.write_table(table, tmp_path / "in.parquet")  # one row group of 5 rows: copied into groups of 1 row
     out = f"file://{tmp_path}/out.parquet"
     spec = GuardSpec(backend=FakeBackend, batch_size=2)
-    summary = moderate_dataset(spec, tmp_path / "in.parquet", out, skip_invalid=True, block_rows=2)
+    summary = moderate_dataset(spec, tmp_path / "in.parquet", out, skip_invalid=True, block_rows=1)
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert [r["id"] for r in rows] == ["1", "2", "3", "line:4", "5"]  # one row per input row, in order
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "invalid_input", "invalid_input"]

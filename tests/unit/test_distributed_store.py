@@ -14,7 +14,7 @@ from guardreasoner_vl.backends import FakeBackend
 from guardreasoner_vl.batch import _parse_row, _scan
 from guardreasoner_vl.cli import main
 from guardreasoner_vl.distributed import GuardSpec
-from guardreasoner_vl.distributed.moderate import _drop_for_retry, _scan_parquet, format_of
+from guardreasoner_vl.distributed.moderate import _drop_for_retry, _scan_parquet, _small_row_groups, format_of
 from guardreasoner_vl.distributed.parts import OutputStore, PartsIndex, is_uri, ordered_rows, part_name
 from guardreasoner_vl.errors import MissingDependencyError
 from guardreasoner_vl.jsonl_store import StoreLockedError, encode_line
@@ -46,6 +46,21 @@ def test_parquet_scan_uses_the_same_id_rules(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": ["x"]}), tmp_path / "noid.parquet")
     with pytest.raises(InvalidInputError, match="no 'id' column"):
         _scan_parquet(tmp_path / "noid.parquet", skip_invalid=True)
+
+
+def test_large_parquet_row_groups_are_copied_into_block_sized_ones(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": list(range(100)), "text": [f"t{i}" for i in range(100)]})
+    pq.write_table(table, tmp_path / "big.parquet")  # one group of 100 rows
+    with _small_row_groups(tmp_path / "big.parquet", 8) as copy:
+        parquet = pq.ParquetFile(copy)
+        assert copy != tmp_path / "big.parquet" and parquet.num_row_groups == 13
+        assert parquet.read().equals(table)
+    assert not copy.exists()  # removed afterwards
+    with _small_row_groups(tmp_path / "big.parquet", 32) as same:  # 100 <= 4 x 32: read as it is
+        assert same == tmp_path / "big.parquet"
 
 
 def rows(*ids: object, status: str = "ok") -> bytes:

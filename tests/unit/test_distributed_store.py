@@ -32,6 +32,40 @@ def test_scan_spans_point_at_each_rows_line(tmp_path: Path) -> None:
     assert [r["id"] if r else None for r in rows] == [1, "b", None, 3]
 
 
+def test_images_travel_with_their_row_as_bytes(tmp_path: Path) -> None:
+    """The read stage turns image paths into the file's bytes (so an actor on another machine gets the image);
+    what it cannot read within the limits keeps its path for the guard to refuse with its own message."""
+    from dataclasses import replace
+
+    from guardreasoner_vl.distributed.moderate import _block_tables
+    from guardreasoner_vl.distributed.pool import Source
+    from guardreasoner_vl.inputs import DEFAULT_LIMITS
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(b"\x89PNG fake bytes")
+    (tmp_path / "imgs" / "big.png").write_bytes(b"x" * 100)
+    rows = [
+        {"id": "a", "text": "t", "image": "imgs/a.png"},
+        {"id": "b", "image": ["imgs/a.png", "data:image/png;base64,AAAA"]},
+        {"id": "c", "image": "imgs/missing.png"},
+        {"id": "d", "image": "imgs/big.png"},
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "oops\n", encoding="utf-8")
+    spans: list[tuple[int, int]] = []
+    keys, malformed = _scan(src, skip_invalid=True, max_line_bytes=1 << 20, spans=spans)
+    [table] = _block_tables(list(range(len(keys))), keys, spans, malformed, 8)
+    limits = replace(DEFAULT_LIMITS, max_image_bytes=50)
+    source = Source(kind="jsonl", path=str(src), image_base=str(tmp_path), limits=limits)
+    read = [pickle.loads(p) for p in source.read(table).column("payload").to_pylist()]
+    items = {row_id: item for row_id, item in read}
+    assert items["a"] == {"text": "t", "image": b"\x89PNG fake bytes", "response": None}
+    assert items["b"]["image"] == [b"\x89PNG fake bytes", "data:image/png;base64,AAAA"]
+    assert items["c"]["image"] == str(tmp_path / "imgs" / "missing.png")  # the guard says "not found"
+    assert items["d"]["image"] == str(tmp_path / "imgs" / "big.png")  # over max_image_bytes: not read
+    assert items["line:5"].line == 5 and "not valid JSON" in items["line:5"].error
+
+
 def test_parquet_scan_uses_the_same_id_rules(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

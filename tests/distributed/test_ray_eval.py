@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT
 from PIL import Image
+from ray_helpers import ROOT
 
 from guardreasoner_vl import Guard
 from guardreasoner_vl.evaluation.loaders import load_benchmark, load_predictions

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, part_rows, read_rows, write_jsonl
+from ray_helpers import ROOT, part_rows, read_rows, write_jsonl
 
 from guardreasoner_vl.backends import FakeBackend
 from guardreasoner_vl.backends.base import Generation

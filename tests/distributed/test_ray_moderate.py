@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, part_rows, read_rows, stable, write_jsonl
 from PIL import Image
+from ray_helpers import ROOT, part_rows, read_rows, stable, write_jsonl
 
 from guardreasoner_vl import Guard
 from guardreasoner_vl.backends import FakeBackend

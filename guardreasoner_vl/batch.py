@@ -595,7 +595,9 @@ def register(subparsers: Any) -> None:
         "the rows (JSONL or Parquet, a path or a URI) are judged by a pool of Ray actors, exactly once.",
     )
     parser.add_argument("input", help="input JSONL (rows with id, text, optional image and response)")
-    parser.add_argument("-o", "--output", required=True, help="output JSONL (resumed when it exists)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output JSONL, resumed when it exists (with --ray: Parquet or a URI too)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     parser.add_argument(
         "--retry-errors",

@@ -472,7 +472,7 @@ class RemoteBackend(Backend):
 
     # -- what comes back ----------------------------------------------------------------------------
 
-    def _read(self, path: str, status: int, content: bytes) -> Generation:
+    def _read(self, path: str, status: int, content: bytes, url: str | None = None) -> Generation:
         try:
             data = json.loads(content)
             choice = data["choices"][0]
@@ -482,11 +482,11 @@ class RemoteBackend(Backend):
                 text = choice.get("text") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _Failure(
-                f"remote server {self.base_url} answered HTTP {status} with an unreadable body "
+                f"remote server {url or self.base_url} answered HTTP {status} with an unreadable body "
                 f"({type(exc).__name__}: {exc}): {content[:200]!r}"
             ) from None
         if not isinstance(text, str):
-            raise _Failure(f"remote server {self.base_url} returned non-text content: {text!r:.200}")
+            raise _Failure(f"remote server {url or self.base_url} returned non-text content: {text!r:.200}")
         usage = data.get("usage") or {}
         reason = choice.get("finish_reason")
         return Generation(
@@ -602,7 +602,7 @@ class RemoteBackend(Backend):
             self._pool.succeeded(endpoint)
         if 200 <= status < 300:
             try:
-                return self._read(call.path, status, content)
+                return self._read(call.path, status, content, endpoint.url)
             except _Failure as exc:
                 return Generation(text="", error=str(exc))
         if not self._retryable(status) or attempts > self.max_retries:

@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -180,11 +180,17 @@ def _parse_row(raw: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"not valid JSON ({exc})"
     if not isinstance(row, dict):
         return None, f"a row must be a JSON object, got {type(row).__name__}"
+    problem = _check_id(row)
+    return (None, problem) if problem else (row, None)
+
+
+def _check_id(row: dict[str, Any]) -> str | None:
+    """What is wrong with a row's ``id`` (missing, or not a non-empty string or an integer), or None."""
     if "id" not in row:
-        return None, "no 'id'"
+        return "no 'id'"
     if _key(row["id"]) is None:
-        return None, f"'id' must be a non-empty string or an integer, got {_short(row['id'])}"
-    return row, None
+        return f"'id' must be a non-empty string or an integer, got {_short(row['id'])}"
+    return None
 
 
 def _short(value: Any) -> str:
@@ -195,25 +201,51 @@ def _short(value: Any) -> str:
     return text[:60]
 
 
-def _scan(path: Path, *, skip_invalid: bool, max_line_bytes: int) -> tuple[list[str], dict[str, _Malformed]]:
+def _scan(
+    path: Path, *, skip_invalid: bool, max_line_bytes: int, spans: list[tuple[int, int]] | None = None
+) -> tuple[list[str], dict[str, _Malformed]]:
+    """The keys of the input's rows in order, and its malformed lines (see :func:`scan_input`).
+
+    ``spans``, when given, receives ``(byte offset, length)`` of each row's line, one per key, so that a
+    reader can fetch any row again without scanning the file (the Ray runner's readers do).
+    """
+    with path.open("rb") as handle:
+
+        def entries() -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+            start = handle.tell()
+            for number, raw in _lines(handle, max_line_bytes):
+                end = handle.tell()  # _lines yields once the whole line is read: the next line starts here
+                if raw is None or raw.strip():
+                    if spans is not None:
+                        spans.append((start, end - start))
+                    yield (number, *_parse_row(raw))
+                start = end
+
+        return _collect(entries(), path, skip_invalid=skip_invalid)
+
+
+def _collect(
+    entries: Iterable[tuple[int, dict[str, Any] | None, str | None]], path: Any, *, skip_invalid: bool
+) -> tuple[list[str], dict[str, _Malformed]]:
+    """Keys and malformed rows from ``(line number, row or None, problem or None)``, by the id rules above.
+
+    Shared by the JSONL scan and the Ray runner's Parquet scan (where the "line" is the row's number).
+    """
     keys: list[str] = []
     first_line: dict[str, int] = {}
     problems: list[tuple[int, str]] = []
-    with path.open("rb") as handle:
-        for number, raw in _lines(handle, max_line_bytes):
-            if raw is not None and not raw.strip():
+    for number, row, found in entries:
+        problem = found
+        if row is not None:
+            key = str(row["id"])
+            if key in first_line:
+                problem = f"duplicate id {_short(row['id'])} (first on line {first_line[key]})"
+            else:
+                first_line[key] = number
+                keys.append(key)
                 continue
-            row, problem = _parse_row(raw)
-            if row is not None:
-                key = str(row["id"])
-                if key in first_line:
-                    problem = f"duplicate id {_short(row['id'])} (first on line {first_line[key]})"
-                else:
-                    first_line[key] = number
-                    keys.append(key)
-                    continue
-            problems.append((number, problem or ""))
-            keys.append(f"line:{number}")  # where it goes in the output, if kept
+        problems.append((number, problem or ""))
+        keys.append(f"line:{number}")  # where it goes in the output, if kept
     if problems and not skip_invalid:
         more = f"\n  ... and {len(problems) - _MAX_PROBLEMS} more" if len(problems) > _MAX_PROBLEMS else ""
         raise InvalidInputError(
@@ -408,16 +440,9 @@ def moderate_file(
 
             def flush(batch: list[tuple[Any, dict[str, Any] | _Malformed]]) -> None:
                 nonlocal flagged
-                items = [item for _, item in batch if isinstance(item, dict)]
-                judged = iter(_judge(guard, items) if items else [])
                 lines = []
-                for row_id, item in batch:
-                    if isinstance(item, _Malformed):
-                        result = GuardResult(flagged=True, status="invalid_input", error=item.error, model=model)
-                        lines.append(_row_data(row_id, result, line=item.line))
-                    else:
-                        result = next(judged)
-                        lines.append(_row_data(row_id, result))
+                for result, line in _judge_rows(guard, batch, model):
+                    lines.append(line)
                     counts[result.status] += 1
                     flagged += int(result.flagged)
                 store.append(lines)
@@ -476,6 +501,27 @@ def moderate_file(
         malformed=len(malformed),
         repaired=repaired,
     )
+
+
+def _judge_rows(
+    guard: Any, batch: list[tuple[Any, dict[str, Any] | _Malformed]], model: str
+) -> list[tuple[GuardResult, dict[str, Any]]]:
+    """Judge one batch of rows ``(id, item or malformed line)``: ``(result, output row)`` for each, in order.
+
+    The items go to the engine in one call (:func:`_judge`); a malformed line is its ``invalid_input`` row.
+    Shared by :func:`moderate_file` and the Ray runner's actors, so both write the same rows.
+    """
+    items = [item for _, item in batch if isinstance(item, dict)]
+    judged = iter(_judge(guard, items) if items else [])
+    out = []
+    for row_id, item in batch:
+        if isinstance(item, _Malformed):
+            result = GuardResult(flagged=True, status="invalid_input", error=item.error, model=model)
+            out.append((result, _row_data(row_id, result, line=item.line)))
+        else:
+            result = next(judged)
+            out.append((result, _row_data(row_id, result)))
+    return out
 
 
 def _failure(guard: Any, status: Literal["invalid_input", "engine_error"], message: str) -> GuardResult:
@@ -545,10 +591,13 @@ def register(subparsers: Any) -> None:
         "moderate-file",
         help="judge every row of a JSONL file (resumable: run it again to continue)",
         description="Judge each row {id, text, image?, response?} of a JSONL file into an output JSONL, one row "
-        "per input row, in order. Interrupted? Run the same command again: finished ids are skipped.",
+        "per input row, in order. Interrupted? Run the same command again: finished ids are skipped. With --ray, "
+        "the rows (JSONL or Parquet, a path or a URI) are judged by a pool of Ray actors, exactly once.",
     )
     parser.add_argument("input", help="input JSONL (rows with id, text, optional image and response)")
-    parser.add_argument("-o", "--output", required=True, help="output JSONL (resumed when it exists)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output JSONL, resumed when it exists (with --ray: Parquet or a URI too)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     parser.add_argument(
         "--retry-errors",
@@ -564,6 +613,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     add_guard_options(parser)
+    from guardreasoner_vl.distributed.cli import add_ray_options
+
+    add_ray_options(parser, formats=True)
     parser.set_defaults(func=_cmd_moderate_file)
 
 
@@ -571,7 +623,11 @@ def _cmd_moderate_file(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
 
     from guardreasoner_vl.cli import guard_from_args
+    from guardreasoner_vl.distributed.cli import check_ray_options, moderate_file_on_ray
 
+    if args.ray:  # JSONL or Parquet, on a pool of Ray actors (guardreasoner_vl.distributed)
+        return moderate_file_on_ray(args)
+    check_ray_options(args)
     with readable_input(args.input, Path(args.output).parent) as (source, base):
         keys = scan_input(source, skip_invalid=args.skip_invalid)  # fail fast, before loading a model
         with guard_from_args(args) as guard:

@@ -110,6 +110,16 @@ def _check_backend_options(backend: str, options: dict[str, Any]) -> None:
 def guard_from_args(args: argparse.Namespace) -> Any:
     """Build the :class:`~guardreasoner_vl.Guard` described by :func:`add_guard_options`."""
     from guardreasoner_vl import Guard
+
+    model, kwargs = guard_kwargs_from_args(args)
+    return Guard(model, **kwargs)
+
+
+def guard_kwargs_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``(model, Guard keyword arguments)`` described by :func:`add_guard_options`, checked, nothing loaded.
+
+    The Ray runner ships these to its actors, each of which builds the same :class:`~guardreasoner_vl.Guard`.
+    """
     from guardreasoner_vl.errors import InvalidInputError
 
     options: dict[str, Any] = {}
@@ -124,21 +134,20 @@ def guard_from_args(args: argparse.Namespace) -> Any:
     _check_backend_options(args.backend, options)
     limits = limits_from_args(args)
     threshold = parse_threshold(args.guard_threshold) if getattr(args, "guard_threshold", None) else None
-    return Guard(
-        args.model,
-        backend=args.backend,
-        family=args.family,
-        device=args.device,
-        dtype=args.dtype,
-        max_new_tokens=args.max_new_tokens,
-        on_parse_error=args.on_parse_error,
-        scores=not getattr(args, "no_scores", False),
-        threshold=threshold,
-        limits=limits,
-        batch_size=args.batch_size,
-        backend_options=options,
-        cache=getattr(args, "cache", None) or None,
-    )
+    return args.model, {
+        "backend": args.backend,
+        "family": args.family,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "on_parse_error": args.on_parse_error,
+        "scores": not getattr(args, "no_scores", False),
+        "threshold": threshold,
+        "limits": limits,
+        "batch_size": args.batch_size,
+        "backend_options": options,
+        "cache": getattr(args, "cache", None) or None,
+    }
 
 
 def parse_threshold(value: str) -> float | dict[str, float]:

@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ["torch", "transformers", "vllm", "openai", "langchain", "langchain_core", "trl", "fastapi", "matplotlib"]
+HEAVY = [
+    "torch", "transformers", "vllm", "openai", "langchain", "langchain_core", "trl", "fastapi", "matplotlib", "ray",
+    "pyarrow",
+]  # fmt: skip
 LIGHT_MODULES = [
     "guardreasoner_vl",
     "guardreasoner_vl.backends",
     "guardreasoner_vl.cli",
+    "guardreasoner_vl.distributed",
     "guardreasoner_vl.moderation",
     "guardreasoner_vl.testing",
 ]

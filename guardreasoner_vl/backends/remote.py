@@ -21,6 +21,12 @@ timeouts (``Retry-After`` is honoured, capped at ``max_backoff_s``); at most ``c
 flight per backend (per event loop for :meth:`RemoteBackend.agenerate`); a request that still fails becomes a
 ``Generation(error=...)`` and the rest of the batch is unaffected.
 
+Fleets: ``base_url`` may name several servers (a list, or URLs separated by commas), e.g. N ``vllm serve``
+replicas. Each request goes to the healthy server with the fewest requests in flight; a server that cannot be
+reached (or answers 502/503/504) leaves the rotation with a doubling backoff, the request is retried at once
+on another server, and a cheap probe (``GET {base_url}/models``) brings the server back when it answers again
+(see :mod:`guardreasoner_vl.backends.endpoints`). Each request still has exactly one result.
+
 Streaming (:meth:`RemoteBackend.stream` / :meth:`RemoteBackend.astream`): the same request with
 ``"stream": true`` (and ``stream_options.include_usage``), read as server-sent events; each chunk's text is a
 delta, and the chunks' ``logprobs`` (vLLM sends them per chunk) are joined into the same trace a whole answer
@@ -98,6 +104,7 @@ from guardreasoner_vl.backends.base import (
     SamplingParams,
     StreamItem,
 )
+from guardreasoner_vl.backends.endpoints import DOWN_STATUSES, Endpoint, EndpointPool, parse_base_urls
 from guardreasoner_vl.errors import InvalidInputError, require
 from guardreasoner_vl.inputs import encode_image_data_url
 from guardreasoner_vl.prompts import ModelFamily, RenderedPrompt, detect_family
@@ -222,12 +229,13 @@ class RemoteBackend(Backend):
         model: the model name the server serves (``--served-model-name``; by default ``vllm serve`` uses the
             checkpoint id). Also used to detect the family when ``family`` is not given.
         family: ``"vl"`` or ``"text"``; detected from ``model`` otherwise.
-        base_url: the server's OpenAI API root, e.g. ``http://127.0.0.1:8000/v1``.
+        base_url: the server's OpenAI API root, e.g. ``http://127.0.0.1:8000/v1``; or several servers (a list,
+            or URLs separated by commas): requests are spread over them (see the module docs, Fleets).
         api_key: bearer token; default: the ``GUARDREASONER_VL_REMOTE_API_KEY`` environment variable (no
             other variable is read, so an OpenAI key is never sent to a self-hosted server by accident).
         timeout_s: timeout of one HTTP attempt (a long reasoning output can take minutes).
         max_retries: retries after the first attempt, on 408/409/429/5xx, connection errors and timeouts.
-        concurrency: most requests in flight at once.
+        concurrency: most requests in flight at once (over all servers).
         batch_size: accepted for compatibility with the other engines and ignored: every request of a batch
             is sent at once, within ``concurrency``.
         extra_body: fields merged into every request body (e.g. ``{"top_k": -1}``); a ``None`` value removes
@@ -237,8 +245,10 @@ class RemoteBackend(Backend):
             ``/tokenizer_info``, once), a list of strings, or ``None`` (the floor only); see the module docs.
         tokenizer: text family only: a tokenizer directory or Hub id; the prompt is then encoded locally
             (special-token safe) and sent as token ids.
-        backoff_s: first retry delay; doubles at each retry, with jitter (x0.5 to x1).
-        max_backoff_s: longest wait between attempts (also caps ``Retry-After``).
+        backoff_s: first retry delay; doubles at each retry, with jitter (x0.5 to x1). With several servers,
+            also how long a failed server first stays out of rotation (doubling per failure).
+        max_backoff_s: longest wait between attempts (also caps ``Retry-After``), and between a failed server's
+            health probes.
         headers: extra HTTP headers.
         top_logprobs: when the guard wants verdict scores, the log-probabilities asked per generated token
             (chat: ``logprobs: true, top_logprobs: k``; completions: ``logprobs: k``). A server that returns
@@ -266,7 +276,7 @@ class RemoteBackend(Backend):
         model: str | Path,
         *,
         family: ModelFamily | str | None = None,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str | Sequence[str] = "http://127.0.0.1:8000/v1",
         api_key: str | None = None,
         timeout_s: float = 600.0,
         max_retries: int = 4,
@@ -297,11 +307,10 @@ class RemoteBackend(Backend):
         self.top_logprobs = top_logprobs
         if special_tokens not in ("reject", "escape", "allow"):
             raise InvalidInputError(f"special_tokens must be 'reject', 'escape' or 'allow', got {special_tokens!r}")
-        if not str(base_url).startswith(("http://", "https://")):
-            raise InvalidInputError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.base_urls: list[str] = parse_base_urls(base_url)
         self.model_id: str = str(model)
         self.family: ModelFamily = ModelFamily(family) if family is not None else detect_family(self.model_id)
-        self.base_url = str(base_url).rstrip("/")
+        self.base_url = self.base_urls[0]
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.concurrency = int(concurrency)
@@ -332,10 +341,11 @@ class RemoteBackend(Backend):
         self._timeout = self._httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
         self._transport = transport
         self._async_transport = async_transport
-        self._client: Any = None
+        self._pool = EndpointPool(self.base_urls, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
+        self._clients: dict[str, Any] = {}
         self._client_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.concurrency)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore]] = (
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[dict[str, Any], asyncio.Semaphore]] = (
             weakref.WeakKeyDictionary()
         )
         self._random = random.Random()
@@ -363,7 +373,14 @@ class RemoteBackend(Backend):
             return self._pattern
 
     def _fetch_tokenizer_tokens(self) -> frozenset[str]:
-        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        for base in self.base_urls:  # the first server that answers (all serve the same model)
+            tokens = self._fetch_tokenizer_tokens_from(base)
+            if tokens is not None:
+                return tokens
+        return frozenset()
+
+    def _fetch_tokenizer_tokens_from(self, base: str) -> frozenset[str] | None:
+        root = base[: -len("/v1")] if base.endswith("/v1") else base
         url = f"{root}/tokenizer_info"
         try:
             with self._httpx.Client(
@@ -373,7 +390,7 @@ class RemoteBackend(Backend):
             info = response.json() if response.status_code == 200 else None
         except Exception as exc:
             logger.info("could not read %s (%s: %s); special-token filter uses its floor", url, type(exc).__name__, exc)
-            return frozenset()
+            return None
         if not isinstance(info, Mapping):
             logger.info("%s is not available (HTTP %s); special-token filter uses its floor", url, response.status_code)
             return frozenset()
@@ -470,7 +487,7 @@ class RemoteBackend(Backend):
 
     # -- what comes back ----------------------------------------------------------------------------
 
-    def _read(self, path: str, status: int, content: bytes) -> Generation:
+    def _read(self, path: str, status: int, content: bytes, url: str | None = None) -> Generation:
         try:
             data = json.loads(content)
             choice = data["choices"][0]
@@ -480,11 +497,11 @@ class RemoteBackend(Backend):
                 text = choice.get("text") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _Failure(
-                f"remote server {self.base_url} answered HTTP {status} with an unreadable body "
+                f"remote server {url or self.base_url} answered HTTP {status} with an unreadable body "
                 f"({type(exc).__name__}: {exc}): {content[:200]!r}"
             ) from None
         if not isinstance(text, str):
-            raise _Failure(f"remote server {self.base_url} returned non-text content: {text!r:.200}")
+            raise _Failure(f"remote server {url or self.base_url} returned non-text content: {text!r:.200}")
         usage = data.get("usage") or {}
         reason = choice.get("finish_reason")
         return Generation(
@@ -495,7 +512,7 @@ class RemoteBackend(Backend):
             logprobs=read_logprobs(choice.get("logprobs"), text, chat=path == "/chat/completions"),
         )
 
-    def _error_text(self, status: int, content: bytes, attempts: int) -> str:
+    def _error_text(self, status: int, content: bytes, attempts: int, url: str) -> str:
         message: Any = None
         try:
             data = json.loads(content)
@@ -507,7 +524,7 @@ class RemoteBackend(Backend):
             pass
         if message is None:
             message = content[:300].decode("utf-8", "replace")
-        return f"remote server {self.base_url} answered HTTP {status} after {attempts} attempt(s): {message}"
+        return f"remote server {url} answered HTTP {status} after {attempts} attempt(s): {message}"
 
     def _delay(self, retry: int, retry_after: str | None) -> float:
         """Seconds to wait before retry number ``retry`` (0-based)."""
@@ -523,57 +540,88 @@ class RemoteBackend(Backend):
 
     # -- synchronous --------------------------------------------------------------------------------
 
-    def _sync_client(self) -> Any:
+    def _sync_client(self, endpoint: Endpoint) -> Any:
         with self._client_lock:
             if self._closed:
                 raise _Failure("the remote backend is closed")
-            if self._client is None:
-                self._client = self._httpx.Client(
-                    base_url=self.base_url,
+            client = self._clients.get(endpoint.url)
+            if client is None:
+                client = self._clients[endpoint.url] = self._httpx.Client(
+                    base_url=endpoint.url,
                     headers=self._headers,
                     timeout=self._timeout,
                     transport=self._transport,
                     limits=self._httpx.Limits(max_connections=self.concurrency),
                 )
-            return self._client
+            return client
 
     def _send(self, call: _Call) -> Generation:
         if call.error is not None:
             return Generation(text="", error=call.error)
         attempts = 0
+        avoid: Endpoint | None = None
         while True:
             attempts += 1
             try:
-                client = self._sync_client()
                 with self._slots:
-                    response = client.post(call.path, json=call.body)
+                    self._probe_due()
+                    endpoint = self._pool.acquire(avoid)
+                    try:
+                        response = self._sync_client(endpoint).post(call.path, json=call.body)
+                    finally:
+                        self._pool.release(endpoint)
             except self._httpx.TransportError as exc:  # connection errors and timeouts
-                step = self._on_transport_error(exc, attempts)
+                step = self._on_transport_error(exc, attempts, endpoint)
             except _Failure as exc:
                 return Generation(text="", error=str(exc))
             else:
-                step = self._on_response(call, response, attempts)
+                step = self._on_response(call, response, attempts, endpoint)
             if isinstance(step, Generation):
                 return step
-            time.sleep(step)
+            avoid = endpoint
+            if not self._pool.has_alternative(endpoint):  # another server in rotation: retry there at once
+                time.sleep(step)
 
-    def _on_transport_error(self, exc: Exception, attempts: int) -> Generation | float:
+    def _probe_due(self) -> None:
+        """Probe the servers out of rotation whose backoff has passed (fleets only; see the module docs)."""
+        while (endpoint := self._pool.due_probe()) is not None:
+            try:
+                status = self._sync_client(endpoint).get("/models", timeout=self._probe_timeout()).status_code
+            except self._httpx.TransportError:
+                status = None
+            self._on_probe(endpoint, status)
+
+    def _probe_timeout(self) -> Any:
+        return self._httpx.Timeout(min(self.timeout_s, 5.0))
+
+    def _on_probe(self, endpoint: Endpoint, status: int | None) -> None:
+        if status is not None and status < 500:
+            self._pool.succeeded(endpoint)
+        else:
+            self._pool.failed(endpoint)
+
+    def _on_transport_error(self, exc: Exception, attempts: int, endpoint: Endpoint) -> Generation | float:
         """The final failure, or the delay before the next attempt (shared by the sync and async paths)."""
+        self._pool.failed(endpoint)
         failure = f"{type(exc).__name__}: {exc}"
         if attempts > self.max_retries:
-            return Generation(text="", error=self._transport_error(failure, attempts))
+            return Generation(text="", error=self._transport_error(failure, attempts, endpoint.url))
         return self._retry_delay(attempts, None)
 
-    def _on_response(self, call: _Call, response: Any, attempts: int) -> Generation | float:
+    def _on_response(self, call: _Call, response: Any, attempts: int, endpoint: Endpoint) -> Generation | float:
         """The generation (or final error) read from ``response``, or the delay before retrying."""
         status, content = response.status_code, response.content
+        if status in DOWN_STATUSES:
+            self._pool.failed(endpoint)
+        elif status < 500:
+            self._pool.succeeded(endpoint)
         if 200 <= status < 300:
             try:
-                return self._read(call.path, status, content)
+                return self._read(call.path, status, content, endpoint.url)
             except _Failure as exc:
                 return Generation(text="", error=str(exc))
         if not self._retryable(status) or attempts > self.max_retries:
-            return Generation(text="", error=self._error_text(status, content, attempts))
+            return Generation(text="", error=self._error_text(status, content, attempts, endpoint.url))
         return self._retry_delay(attempts, response.headers.get("retry-after"))
 
     def _retry_delay(self, attempts: int, retry_after: str | None) -> float:
@@ -581,8 +629,8 @@ class RemoteBackend(Backend):
         logger.info("remote request failed (attempt %d); retrying in %.2fs", attempts, delay)
         return delay
 
-    def _transport_error(self, failure: str, attempts: int) -> str:
-        return f"could not reach remote server {self.base_url} after {attempts} attempt(s): {failure}"
+    def _transport_error(self, failure: str, attempts: int, url: str) -> str:
+        return f"could not reach remote server {url} after {attempts} attempt(s): {failure}"
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
         """Send every request (up to ``concurrency`` at once); one :class:`Generation` per request, in order.
@@ -597,42 +645,66 @@ class RemoteBackend(Backend):
 
     # -- asynchronous -------------------------------------------------------------------------------
 
-    def _async_state(self) -> tuple[Any, asyncio.Semaphore]:
+    def _async_state(self) -> tuple[dict[str, Any], asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
             if self._closed:
                 raise _Failure("the remote backend is closed")
-            client = self._httpx.AsyncClient(
-                base_url=self.base_url,
+            state = ({}, asyncio.Semaphore(self.concurrency))
+            self._loops[loop] = state
+        return state
+
+    def _async_client(self, clients: dict[str, Any], endpoint: Endpoint) -> Any:
+        client = clients.get(endpoint.url)
+        if client is None:
+            if self._closed:
+                raise _Failure("the remote backend is closed")
+            client = clients[endpoint.url] = self._httpx.AsyncClient(
+                base_url=endpoint.url,
                 headers=self._headers,
                 timeout=self._timeout,
                 transport=self._async_transport,
                 limits=self._httpx.Limits(max_connections=self.concurrency),
             )
-            state = (client, asyncio.Semaphore(self.concurrency))
-            self._loops[loop] = state
-        return state
+        return client
 
     async def _asend(self, call: _Call) -> Generation:
         if call.error is not None:
             return Generation(text="", error=call.error)
         attempts = 0
+        avoid: Endpoint | None = None
         while True:
             attempts += 1
             try:
-                client, slots = self._async_state()
+                clients, slots = self._async_state()
                 async with slots:
-                    response = await client.post(call.path, json=call.body)
+                    await self._aprobe_due(clients)
+                    endpoint = self._pool.acquire(avoid)
+                    try:
+                        response = await self._async_client(clients, endpoint).post(call.path, json=call.body)
+                    finally:
+                        self._pool.release(endpoint)
             except self._httpx.TransportError as exc:
-                step = self._on_transport_error(exc, attempts)
+                step = self._on_transport_error(exc, attempts, endpoint)
             except _Failure as exc:
                 return Generation(text="", error=str(exc))
             else:
-                step = self._on_response(call, response, attempts)
+                step = self._on_response(call, response, attempts, endpoint)
             if isinstance(step, Generation):
                 return step
-            await asyncio.sleep(step)
+            avoid = endpoint
+            if not self._pool.has_alternative(endpoint):
+                await asyncio.sleep(step)
+
+    async def _aprobe_due(self, clients: dict[str, Any]) -> None:
+        while (endpoint := self._pool.due_probe()) is not None:
+            try:
+                answer = await self._async_client(clients, endpoint).get("/models", timeout=self._probe_timeout())
+                status: int | None = answer.status_code
+            except self._httpx.TransportError:
+                status = None
+            self._on_probe(endpoint, status)
 
     async def agenerate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
         """Async :meth:`generate`: native httpx async, never blocks the event loop."""
@@ -645,10 +717,10 @@ class RemoteBackend(Backend):
     # -- streaming ----------------------------------------------------------------------------------
 
     def cache_identity(self) -> dict[str, Any]:
-        """The served model name, the server, what the backend adds to the prompt and body, top log-probabilities."""
+        """The served model name, the servers, what the backend adds to the prompt and body, top log-probabilities."""
         return {
             **super().cache_identity(),
-            "base_url": self.base_url,
+            "base_urls": list(self.base_urls),
             "extra_body": repr(sorted(self.extra_body.items())),
             "special_tokens": self.special_tokens,
             "local_tokenizer": getattr(getattr(self._encoder, "tokenizer", None), "name_or_path", None),
@@ -664,52 +736,79 @@ class RemoteBackend(Backend):
             body["stream_options"] = {"include_usage": True}
         return _Call(call.path, body)
 
-    def _stream_status(self, status: int, content: bytes, headers: Any, attempts: int) -> Generation | float:
+    def _stream_status(
+        self, status: int, content: bytes, headers: Any, attempts: int, endpoint: Endpoint
+    ) -> Generation | float:
         """For an answer that is not 2xx: the final error, or the delay before the next attempt."""
+        if status in DOWN_STATUSES:
+            self._pool.failed(endpoint)
+        elif status < 500:
+            self._pool.succeeded(endpoint)
         if not self._retryable(status) or attempts > self.max_retries:
-            return Generation(text="", error=self._error_text(status, content, attempts))
+            return Generation(text="", error=self._error_text(status, content, attempts, endpoint.url))
         return self._retry_delay(attempts, headers.get("retry-after"))
+
+    def _stream_broken(self, exc: Exception, attempts: int, endpoint: Endpoint, reader: _StreamReader) -> Any:
+        """A transport failure: before the first piece it is retried like any other, after it it is final."""
+        if reader.started:
+            self._pool.failed(endpoint)
+            return Generation(text="", error=reader.broken(exc))
+        return self._on_transport_error(exc, attempts, endpoint)
 
     def stream(
         self, request: GenerationRequest, params: SamplingParams, *, cancel: threading.Event | None = None
     ) -> Iterator[StreamItem]:
         """Stream one request over server-sent events (see the module docs); the final :class:`Generation` has
-        the same text, token counts, finish reason and log-probability trace as :meth:`generate` gives."""
+        the same text, token counts, finish reason and log-probability trace as :meth:`generate` gives. With
+        several servers, the stream goes to one as :meth:`generate` would, and a retry before the first piece
+        goes to another."""
         call = self._stream_call(request, params)
         if call.error is not None:
             yield Generation(text="", error=call.error)
             return
         attempts = 0
+        avoid: Endpoint | None = None
         while True:
             attempts += 1
             reader = _StreamReader(call.path, self.base_url)
             step: Generation | float
+            endpoint: Endpoint | None = None
             try:
-                client = self._sync_client()
-                with self._slots, client.stream("POST", call.path, json=call.body) as response:
-                    if not 200 <= response.status_code < 300:
-                        step = self._stream_status(response.status_code, response.read(), response.headers, attempts)
-                    else:
-                        for line in response.iter_lines():
-                            if cancel is not None and cancel.is_set():
-                                return  # leaving the block closes the connection: the server aborts
-                            piece = reader.feed(line)
-                            if piece:
-                                yield GenerationDelta(piece)
-                            if reader.done:
-                                break
-                        step = reader.result()
+                with self._slots:
+                    self._probe_due()
+                    endpoint = self._pool.acquire(avoid)
+                    reader.base_url = endpoint.url
+                    try:
+                        with self._sync_client(endpoint).stream("POST", call.path, json=call.body) as response:
+                            if not 200 <= response.status_code < 300:
+                                step = self._stream_status(
+                                    response.status_code, response.read(), response.headers, attempts, endpoint
+                                )
+                            else:
+                                self._pool.succeeded(endpoint)
+                                for line in response.iter_lines():
+                                    if cancel is not None and cancel.is_set():
+                                        return  # leaving the block closes the connection: the server aborts
+                                    piece = reader.feed(line)
+                                    if piece:
+                                        yield GenerationDelta(piece)
+                                    if reader.done:
+                                        break
+                                step = reader.result()
+                    finally:
+                        self._pool.release(endpoint)
             except self._httpx.TransportError as exc:
-                if reader.started:
-                    step = Generation(text="", error=reader.broken(exc))
-                else:
-                    step = self._on_transport_error(exc, attempts)
+                if endpoint is None:  # pragma: no cover - nothing before acquire() does network I/O
+                    raise
+                step = self._stream_broken(exc, attempts, endpoint, reader)
             except _Failure as exc:
                 step = Generation(text="", error=str(exc))
             if isinstance(step, Generation):
                 yield step
                 return
-            time.sleep(step)
+            avoid = endpoint
+            if endpoint is None or not self._pool.has_alternative(endpoint):
+                time.sleep(step)
 
     async def astream(self, request: GenerationRequest, params: SamplingParams) -> AsyncIterator[StreamItem]:
         """Async :meth:`stream`, native httpx async (the event loop never blocks); leaving the loop early closes
@@ -722,35 +821,49 @@ class RemoteBackend(Backend):
             yield Generation(text="", error=call.error)
             return
         attempts = 0
+        avoid: Endpoint | None = None
         while True:
             attempts += 1
             reader = _StreamReader(call.path, self.base_url)
             step: Generation | float
+            endpoint: Endpoint | None = None
             try:
-                client, slots = self._async_state()
-                async with slots, client.stream("POST", call.path, json=call.body) as response:
-                    if not 200 <= response.status_code < 300:
-                        content = await response.aread()
-                        step = self._stream_status(response.status_code, content, response.headers, attempts)
-                    else:
-                        async for line in response.aiter_lines():
-                            piece = reader.feed(line)
-                            if piece:
-                                yield GenerationDelta(piece)
-                            if reader.done:
-                                break
-                        step = reader.result()
+                clients, slots = self._async_state()
+                async with slots:
+                    await self._aprobe_due(clients)
+                    endpoint = self._pool.acquire(avoid)
+                    reader.base_url = endpoint.url
+                    try:
+                        client = self._async_client(clients, endpoint)
+                        async with client.stream("POST", call.path, json=call.body) as response:
+                            if not 200 <= response.status_code < 300:
+                                content = await response.aread()
+                                step = self._stream_status(
+                                    response.status_code, content, response.headers, attempts, endpoint
+                                )
+                            else:
+                                self._pool.succeeded(endpoint)
+                                async for line in response.aiter_lines():
+                                    piece = reader.feed(line)
+                                    if piece:
+                                        yield GenerationDelta(piece)
+                                    if reader.done:
+                                        break
+                                step = reader.result()
+                    finally:
+                        self._pool.release(endpoint)
             except self._httpx.TransportError as exc:
-                if reader.started:
-                    step = Generation(text="", error=reader.broken(exc))
-                else:
-                    step = self._on_transport_error(exc, attempts)
+                if endpoint is None:  # pragma: no cover - nothing before acquire() does network I/O
+                    raise
+                step = self._stream_broken(exc, attempts, endpoint, reader)
             except _Failure as exc:
                 step = Generation(text="", error=str(exc))
             if isinstance(step, Generation):
                 yield step
                 return
-            await asyncio.sleep(step)
+            avoid = endpoint
+            if endpoint is None or not self._pool.has_alternative(endpoint):
+                await asyncio.sleep(step)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -762,24 +875,31 @@ class RemoteBackend(Backend):
             loop = None
         state = self._loops.pop(loop, None) if loop is not None else None
         if state is not None:
-            await state[0].aclose()
+            for client in list(state[0].values()):
+                await client.aclose()
         self.close()
+
+    def servers(self) -> list[dict[str, object]]:
+        """Each server's state (``url``, ``up``, ``outstanding``, ``sent``, ``failures``), for logs and metrics."""
+        return self._pool.snapshot()
 
     def close(self) -> None:
         """Close the HTTP clients. Idempotent. Async clients of other, still running loops close in them."""
         with self._client_lock:
             self._closed = True
-            client, self._client = self._client, None
-        if client is not None:
+            clients, self._clients = self._clients, {}
+        for client in clients.values():
             client.close()
-        for loop, (aclient, _) in list(self._loops.items()):
+        for loop, (aclients, _) in list(self._loops.items()):
             if not loop.is_closed() and loop.is_running():
-                with contextlib.suppress(RuntimeError):  # the loop is shutting down
-                    loop.call_soon_threadsafe(_schedule_aclose, loop, aclient)
+                for aclient in list(aclients.values()):
+                    with contextlib.suppress(RuntimeError):  # the loop is shutting down
+                        loop.call_soon_threadsafe(_schedule_aclose, loop, aclient)
         self._loops.clear()
 
     def __repr__(self) -> str:
-        return f"RemoteBackend(model={self.model_id!r}, base_url={self.base_url!r}, family={self.family.value!r})"
+        urls = self.base_url if len(self.base_urls) == 1 else self.base_urls
+        return f"RemoteBackend(model={self.model_id!r}, base_url={urls!r}, family={self.family.value!r})"
 
 
 class _StreamReader:

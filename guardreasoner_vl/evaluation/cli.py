@@ -90,6 +90,9 @@ def register(subparsers: Any) -> None:
     opts.add_argument("--no-progress", action="store_true", help="no progress bar")
     opts.add_argument("--json", action="store_true", help="print the report JSON instead of the tables")
     add_guard_options(parser, threshold=False)  # its --threshold is the score metrics' (labels are what is scored)
+    from guardreasoner_vl.distributed.cli import add_ray_options
+
+    add_ray_options(parser)
     parser.set_defaults(func=_cmd_eval)
 
 
@@ -174,6 +177,10 @@ def _run(args: argparse.Namespace, output: Path) -> Any:
         "name": args.name,
         "score_options": _score_options(args),
     }
+    if args.ray:  # the generation on a pool of Ray actors; the scoring stays here
+        from guardreasoner_vl.distributed.cli import eval_on_ray
+
+        return eval_on_ray(args, benchmarks, output, options)
     with guard_from_args(args) as guard:
         if args.no_progress:
             return evaluate(guard, benchmarks, output, **options)
@@ -197,6 +204,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     chosen = [bool(args.data), args.predictions is not None, args.compare is not None]
     if sum(chosen) != 1:
         raise InvalidInputError("give exactly one of --data, --predictions and --compare")
+    from guardreasoner_vl.distributed.cli import check_ray_options
+
+    if args.ray and not args.data:
+        raise InvalidInputError("--ray runs a guard: it goes with --data (scoring and comparing run here)")
+    check_ray_options(args)
     if args.limit is not None and args.limit < 1:
         raise InvalidInputError("--limit must be at least 1")
     if args.compare:

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from guardreasoner_vl.errors import InvalidInputError
 from guardreasoner_vl.evaluation.loaders import (
@@ -48,6 +48,7 @@ from guardreasoner_vl.jsonl_store import JsonlStore
 
 if TYPE_CHECKING:
     from guardreasoner_vl.guard import Guard
+    from guardreasoner_vl.prompts import ModelFamily
     from guardreasoner_vl.types import GuardResult
 
 __all__ = [
@@ -70,7 +71,14 @@ def predictions_path(output_dir: str | Path, data: BenchmarkData) -> Path:
     return Path(output_dir) / "predictions" / data.folder / PREDICTIONS_FILE
 
 
-def _row(guard: Guard, data: BenchmarkData, sample: EvalSample, result: GuardResult, prompt: str) -> dict[str, Any]:
+class _Judge(Protocol):
+    """What a predictions row needs of the guard that judged it: its model id."""
+
+    @property
+    def model_id(self) -> str: ...
+
+
+def _row(guard: _Judge, data: BenchmarkData, sample: EvalSample, result: GuardResult, prompt: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "prompt": prompt,
         "label": sample.label,
@@ -141,25 +149,8 @@ def run_benchmark(
     if guard.on_parse_error == "raise":
         guard = guard.with_options(on_parse_error="flag")  # keep going: failures are scored, not raised
     path = Path(path)
-    done: dict[str, PredictionRecord] = {}
     with JsonlStore(path, fresh=not resume, owner="evaluation") as store:
-        wanted = {s.id: s for s in samples}
-        for record in load_predictions(path):
-            model = record.extra.get("model")
-            if model is not None and model != guard.model_id:
-                raise InvalidInputError(
-                    f"{path} holds predictions of {model!r}, not {guard.model_id!r}; use another output folder "
-                    "or start over (resume=False / --overwrite)"
-                )
-            if record.id is None:
-                raise InvalidInputError(f"{path} line {record.line} has no id; it cannot be resumed (start over)")
-            sample = wanted.get(record.id)
-            if sample is not None and record.label != sample.label:
-                raise InvalidInputError(
-                    f"{path} line {record.line}: sample {record.id!r} has another gold label than the benchmark "
-                    "file; it was written from other data (start over)"
-                )
-            done[record.id] = record
+        done, _ = resumed_predictions(path, samples, guard.model_id)
         if done:
             logger.info("%s: resuming, %d of %d samples already done", path, len(done), len(samples))
         pending = [s for s in samples if s.id not in done]
@@ -174,6 +165,47 @@ def run_benchmark(
                 progress(data.name, len(chunk))
     by_id = {r.id: r for r in load_predictions(path)}
     return [by_id[s.id] for s in samples if s.id in by_id]
+
+
+def resumed_predictions(
+    path: Path, samples: Sequence[EvalSample], model_id: str | None
+) -> tuple[dict[str, PredictionRecord], set[str]]:
+    """The predictions already in ``path`` (by sample id) and the models that wrote them, checked for resuming.
+
+    Args:
+        model_id: the model of this run; None skips that check (the caller checks the models returned).
+
+    Raises:
+        InvalidInputError: a row of another model, a row without an id, or a gold label that is not the
+            benchmark file's.
+    """
+    done: dict[str, PredictionRecord] = {}
+    models: set[str] = set()
+    wanted = {s.id: s for s in samples}
+    for record in load_predictions(path):
+        model = record.extra.get("model")
+        if model is not None:
+            check_model(path, str(model), model_id)
+            models.add(str(model))
+        if record.id is None:
+            raise InvalidInputError(f"{path} line {record.line} has no id; it cannot be resumed (start over)")
+        sample = wanted.get(record.id)
+        if sample is not None and record.label != sample.label:
+            raise InvalidInputError(
+                f"{path} line {record.line}: sample {record.id!r} has another gold label than the benchmark "
+                "file; it was written from other data (start over)"
+            )
+        done[record.id] = record
+    return done, models
+
+
+def check_model(path: Path, found: str, model_id: str | None) -> None:
+    """Refuse to resume ``path`` (written by ``found``) with another model."""
+    if model_id is not None and found != model_id:
+        raise InvalidInputError(
+            f"{path} holds predictions of {found!r}, not {model_id!r}; use another output folder "
+            "or start over (resume=False / --overwrite)"
+        )
 
 
 def _order(spec: BenchmarkSpec) -> int:
@@ -313,20 +345,14 @@ def evaluate(
         path = predictions_path(output_dir, data)
         records = run_benchmark(guard, data, path, limit=limit, batch_size=batch_size, resume=resume, progress=progress)
         entries.extend((spec, records, str(path)) for spec in data.specs)
-    meta = {
-        "model": guard.model_id,
-        "family": guard.family.value,
-        "backend": guard.backend.name,
-        "limit": limit,
-        "max_new_tokens": guard.params.max_new_tokens,
-    }
-    notes = []
-    text = [b.name for b in benchmarks if b.modality == "text"]
-    if guard.family.supports_images and text:
-        notes.append(
-            f"{', '.join(text)}: the VL prompt's user turn ends in one newline after the response; the authors' VL "
-            "generate.py sent these files' own user turn, which ends in two"
-        )
+    meta, notes = run_meta(
+        benchmarks,
+        model=guard.model_id,
+        family=guard.family,
+        backend=guard.backend.name,
+        limit=limit,
+        max_new_tokens=guard.params.max_new_tokens,
+    )
     return _build_report(
         entries,
         name=name or guard.model_id,
@@ -336,6 +362,28 @@ def evaluate(
         notes=notes,
         thresholds=score_options,
     )
+
+
+def run_meta(
+    benchmarks: Sequence[BenchmarkData],
+    *,
+    model: str,
+    family: ModelFamily,
+    backend: str,
+    limit: int | None,
+    max_new_tokens: int,
+) -> tuple[dict[str, Any], list[str]]:
+    """The report's metadata of a run, and its notes on how the prompts differ from the authors'."""
+    meta = {"model": model, "family": family.value, "backend": backend, "limit": limit}
+    meta["max_new_tokens"] = max_new_tokens
+    notes = []
+    text = [b.name for b in benchmarks if b.modality == "text"]
+    if family.supports_images and text:
+        notes.append(
+            f"{', '.join(text)}: the VL prompt's user turn ends in one newline after the response; the authors' VL "
+            "generate.py sent these files' own user turn, which ends in two"
+        )
+    return meta, notes
 
 
 def score_predictions_dir(

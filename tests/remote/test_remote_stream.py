@@ -93,3 +93,18 @@ async def test_astream_native_async_and_cancellation(chat_server: ChatServer) ->
     await first_then_leave()
     assert await asyncio.to_thread(wait_for, lambda: chat_server.recorder.streams_aborted == 1)
     await g.aclose()
+
+
+def test_a_stream_over_a_fleet_skips_a_dead_server(chat_server: ChatServer) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port with nothing listening: connection refused
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    backend = RemoteBackend(VL, base_url=[dead, chat_server.base_url], backoff_s=0.01, max_retries=2)
+    with Guard(backend=backend) as g:
+        for _ in range(3):  # whichever server a stream tries first, it ends on the live one
+            events = list(g.stream("LOGPROBS hello"))
+            assert events[-1].result.status == "ok" and len(events) > 5
+    servers = {s["url"]: s for s in backend.servers()}
+    assert servers[dead]["up"] is False and servers[chat_server.base_url]["failures"] == 0

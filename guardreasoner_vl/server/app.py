@@ -209,6 +209,7 @@ class _State:
             allow_urls=settings.allow_image_urls,  # the server's setting decides, whatever the guard's was
             max_image_bytes=min(guard.limits.max_image_bytes, settings.max_image_bytes),  # downloads included
         )
+        self.owner = guard  # the guard given to create_app (it owns the engine and any cache it opened)
         if limits != guard.limits:
             guard = guard.with_options(limits=limits)
         self.guard = guard
@@ -693,6 +694,7 @@ def create_app(guard: Guard, *, settings: ServerSettings | None = None) -> FastA
                     except Exception:  # pragma: no cover - best effort at shutdown
                         logger.exception("closing the engine failed")
                 state.guard.close()
+                state.owner.close()  # with_options made state.guard a clone: the owner closes its cache too
 
     app = FastAPI(
         title="guardreasoner-vl moderation server",

@@ -184,3 +184,10 @@ def test_serve_command_with_a_cache_file_and_the_playground(tmp_path) -> None:  
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_stopping_the_server_closes_the_guard_and_the_cache_it_opened(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    guard = Guard(backend="fake", cache=tmp_path / "c.db")  # the server serves a with_options clone of it
+    with serve_in_thread(create_app(guard)) as url:
+        assert httpx.post(url + "/v1/guard", json={"text": "hi"}).status_code == 200
+    assert guard.closed and guard.cache is not None and guard.cache._closed  # type: ignore[attr-defined]

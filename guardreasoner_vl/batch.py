@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -620,7 +620,7 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_moderate_file(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     from guardreasoner_vl.cli import guard_from_args
     from guardreasoner_vl.distributed.cli import check_ray_options, moderate_file_on_ray
@@ -673,17 +673,33 @@ def _cmd_moderate_file(args: argparse.Namespace) -> int:
                     on_start=start,
                     on_batch=update,
                 )
-    if args.json:
+    notes = [f"{summary.output}: {summary.repaired}"] if summary.repaired else []
+    return report_summary(summary, as_json=args.json, notes=notes)
+
+
+def report_summary(summary: Any, *, as_json: bool, where: str = "", notes: Sequence[str] = ()) -> int:
+    """Print a moderate-file summary (one line, or JSON on stdout) and return the exit status: 1 when every row
+    failed, else 0. Shared by the one-process and the Ray runners.
+
+    Args:
+        summary: a :class:`BatchSummary` or the Ray runner's summary (the same fields, and more).
+        as_json: print ``asdict(summary)`` plus ``all_failed`` as JSON on stdout.
+        where: appended to the line (the Ray runner's actors and parts folder).
+        notes: more lines for stderr (a repaired torn tail, rows found twice).
+    """
+    from dataclasses import asdict
+
+    if as_json:
         print(json.dumps({**asdict(summary), "all_failed": summary.all_failed}))
     else:
         statuses = ", ".join(f"{k}={v}" for k, v in sorted(summary.by_status.items())) or "nothing to do"
         print(
             f"{summary.output}: wrote {summary.written} row(s) ({statuses}; {summary.flagged} flagged), "
-            f"skipped {summary.skipped} already done, {summary.total} in all, {summary.elapsed_s:.1f}s",
+            f"skipped {summary.skipped} already done, {summary.total} in all, {summary.elapsed_s:.1f}s{where}",
             file=sys.stderr,
         )
-        if summary.repaired:
-            print(f"{summary.output}: {summary.repaired}", file=sys.stderr)
+        for note in notes:
+            print(note, file=sys.stderr)
     if summary.all_failed:
         print(
             f"error: every row failed ({summary.failed} of {summary.total} not ok); see {summary.output}",

@@ -7,9 +7,6 @@ summary is the command's, in the same words as the one-process run.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +74,7 @@ def _spec(args: argparse.Namespace) -> Any:
 
 def moderate_file_on_ray(args: argparse.Namespace) -> int:
     """``moderate-file ... --ray``."""
+    from guardreasoner_vl.batch import report_summary
     from guardreasoner_vl.distributed.moderate import moderate_dataset
 
     summary = moderate_dataset(
@@ -95,25 +93,11 @@ def moderate_file_on_ray(args: argparse.Namespace) -> int:
         address=args.address,
         progress=False if args.no_progress else None,
     )
-    if args.json:
-        print(json.dumps({**asdict(summary), "all_failed": summary.all_failed}))
-    else:
-        statuses = ", ".join(f"{k}={v}" for k, v in sorted(summary.by_status.items())) or "nothing to do"
-        print(
-            f"{summary.output}: wrote {summary.written} row(s) ({statuses}; {summary.flagged} flagged), "
-            f"skipped {summary.skipped} already done, {summary.total} in all, {summary.elapsed_s:.1f}s "
-            f"on {summary.replicas} Ray actor(s); parts in {summary.parts}",
-            file=sys.stderr,
-        )
-        if summary.duplicates:
-            print(f"{summary.parts}: {summary.duplicates} row(s) found twice; each input row kept one", file=sys.stderr)
-    if summary.all_failed:
-        print(
-            f"error: every row failed ({summary.failed} of {summary.total} not ok); see {summary.output}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    notes = []
+    if summary.duplicates:
+        notes.append(f"{summary.parts}: {summary.duplicates} row(s) found twice; each input row kept one")
+    where = f" on {summary.replicas} Ray actor(s); parts in {summary.parts}"
+    return report_summary(summary, as_json=args.json, where=where, notes=notes)
 
 
 def eval_on_ray(args: argparse.Namespace, benchmarks: list[Any], output: Path, options: dict[str, Any]) -> Any:

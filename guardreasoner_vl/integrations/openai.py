@@ -67,7 +67,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -473,42 +473,55 @@ class _Guarded:
 
     # -- one create() call, as a plan ---------------------------------------------------------------
 
-    def _create_plan(self, kwargs: dict[str, Any]) -> Plan[Any]:
-        if "messages" in kwargs:
-            kwargs["messages"] = list(kwargs["messages"])
-        stream = bool(kwargs.get("stream"))
+    def _input_stage(
+        self, read: Callable[[], list[Message]], nothing_to_judge: str
+    ) -> Plan[tuple[list[Message] | None, InvalidInputError | None, GuardResult | None]]:
+        """The input check shared by chat completions and Responses: ``(conversation, why it could not be read,
+        the input's result)``. A conversation of system/developer instructions only is not judged (``None``, with
+        a warning); one that cannot be read is judged as an error (fail closed under ``on_guard_error``)."""
         conversation: list[Message] | None = None
         request_error: InvalidInputError | None = None
         try:
-            conversation = openai_messages(_sent_messages(kwargs))
+            conversation = read()
             if all(m.role == "system" for m in conversation):
                 conversation = None  # only the application's own instructions: nothing to judge
         except InvalidInputError as exc:
             request_error = exc
         if conversation is None and request_error is None:
-            logger.warning("the messages hold only system/developer instructions: the guard does not judge this call")
-
+            logger.warning(nothing_to_judge)
         input_result: GuardResult | None = None
-        judged = conversation is not None or request_error is not None
-        if self.check_input and judged:
+        if self.check_input and (conversation is not None or request_error is not None):
             if conversation is None:
                 check = Check(error=request_error)
             else:
                 sent = conversation
                 check = Check.build(lambda: conversation_to_item(sent))
             (input_result,) = yield Judge((check,))
-            if blocks(input_result, "input"):
-                report = GuardReport(input=input_result, blocked="input")
-                return self._refuse_input(kwargs, input_result, report, stream=stream)
+        return conversation, request_error, input_result
+
+    def _unchecked(self, response: Any, report: GuardReport, *, stream: bool) -> Any:
+        """The API's answer released without an output check (``check_output=False``, or nothing was judged)."""
+        if stream:
+            return self._stream(response, report, source=response)
+        response.guardreasoner = report
+        return response
+
+    def _create_plan(self, kwargs: dict[str, Any]) -> Plan[Any]:
+        if "messages" in kwargs:
+            kwargs["messages"] = list(kwargs["messages"])
+        stream = bool(kwargs.get("stream"))
+        conversation, request_error, input_result = yield from self._input_stage(
+            lambda: openai_messages(_sent_messages(kwargs)),
+            "the messages hold only system/developer instructions: the guard does not judge this call",
+        )
+        if input_result is not None and blocks(input_result, "input"):
+            report = GuardReport(input=input_result, blocked="input")
+            return self._refuse_input(kwargs, input_result, report, stream=stream)
 
         create = self._client.chat.completions.create
         response = yield Call(create, create, kwargs=kwargs)
-        if not self.check_output or not judged:
-            report = GuardReport(input=input_result)
-            if stream:
-                return self._stream(response, report, source=response)
-            response.guardreasoner = report
-            return response
+        if not self.check_output or (conversation is None and request_error is None):
+            return self._unchecked(response, GuardReport(input=input_result), stream=stream)
 
         if stream and self.stream_check == "chunks":
             return self._judged_stream(
@@ -780,38 +793,18 @@ class _Guarded:
                 "responses.create(background=True) returns before the reply exists, so the guard cannot check it; "
                 "use check_output=False (and check the reply you retrieve later), or call without background"
             )
-        conversation: list[Message] | None = None
-        request_error: InvalidInputError | None = None
-        try:
-            conversation = responses_input_messages(*_sent_responses_input(kwargs))
-            if all(m.role == "system" for m in conversation):
-                conversation = None
-        except InvalidInputError as exc:
-            request_error = exc
-        if conversation is None and request_error is None:
-            logger.warning("the input holds no user or model content: the guard does not judge this call")
-
-        input_result: GuardResult | None = None
-        judged = conversation is not None or request_error is not None
-        if self.check_input and judged:
-            if conversation is None:
-                check = Check(error=request_error)
-            else:
-                sent = conversation
-                check = Check.build(lambda: conversation_to_item(sent))
-            (input_result,) = yield Judge((check,))
-            if blocks(input_result, "input"):
-                report = GuardReport(input=input_result, blocked="input")
-                return self._refuse_response_input(kwargs, input_result, report, stream=stream)
+        conversation, request_error, input_result = yield from self._input_stage(
+            lambda: responses_input_messages(*_sent_responses_input(kwargs)),
+            "the input holds no user or model content: the guard does not judge this call",
+        )
+        if input_result is not None and blocks(input_result, "input"):
+            report = GuardReport(input=input_result, blocked="input")
+            return self._refuse_response_input(kwargs, input_result, report, stream=stream)
 
         create = self._client.responses.create
         response = yield Call(create, create, kwargs=kwargs)
-        if not self.check_output or not judged:
-            report = GuardReport(input=input_result)
-            if stream:
-                return self._stream(response, report, source=response)
-            response.guardreasoner = report
-            return response
+        if not self.check_output or (conversation is None and request_error is None):
+            return self._unchecked(response, GuardReport(input=input_result), stream=stream)
 
         if stream and self.stream_check == "chunks":
             return self._judged_stream(

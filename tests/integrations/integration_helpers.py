@@ -162,3 +162,27 @@ class FakeOpenAIServer:
         }
         self.last_payload = payload
         return httpx.Response(200, json=payload)
+
+
+def sync_client(server: FakeOpenAIServer) -> Any:
+    """The real ``openai.OpenAI`` client, talking to ``server`` over ``httpx.MockTransport``."""
+    import openai
+
+    return openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://fake.test/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=server.transport()),
+    )
+
+
+def async_client(server: FakeOpenAIServer) -> Any:
+    """The real ``openai.AsyncOpenAI`` client, talking to ``server`` over ``httpx.MockTransport``."""
+    import openai
+
+    return openai.AsyncOpenAI(
+        api_key="sk-test",
+        base_url="http://fake.test/v1",
+        max_retries=0,
+        http_client=httpx.AsyncClient(transport=server.transport()),
+    )

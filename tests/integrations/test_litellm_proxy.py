@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,12 +171,22 @@ def test_the_proxy_sends_our_key_as_x_api_key_and_the_conversation(stack: Stack)
     stack.client.chat.completions.create(
         model="stub", messages=conversation, extra_body={"guardrails": ["guardreasoner-api"]}
     )
-    calls = stack.guard_requests[before:]
-    assert len(calls) == 2  # request, then response
+    # this call's guard requests, by LiteLLM's call id (a guard call of an earlier test, e.g. a during_call check
+    # that outlived its blocked request, may land in the same window)
+    def this_call() -> list[tuple[dict[str, str], dict[str, object]]]:
+        found = [(headers, json.loads(body)) for headers, body in stack.guard_requests[before:]]
+        ours = [b.get("litellm_call_id") for _, b in found if b.get("structured_messages") == conversation]
+        return [(h, b) for h, b in found if ours and b.get("litellm_call_id") == ours[0]]
+
+    deadline = time.monotonic() + 10
+    while len(this_call()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    calls = this_call()
+    assert [b["input_type"] for _, b in calls] == ["request", "response"]
     headers = calls[0][0]
     print("headers LiteLLM sent to the guard server:", sorted(headers))
     assert headers["x-api-key"] == GUARD_KEY and "authorization" not in headers
-    request, response = (json.loads(body) for _, body in calls)
+    request, response = (body for _, body in calls)
     print("body fields LiteLLM sent:", sorted(request))
     assert {"texts", "images", "structured_messages", "tool_calls", "input_type", "request_headers"} <= set(request)
     assert request["input_type"] == "request" and request["structured_messages"] == conversation

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-import openai
 import pytest
-from integration_helpers import AsyncFakeBackend, FakeOpenAIServer
+from integration_helpers import AsyncFakeBackend, FakeOpenAIServer, async_client, sync_client
 
 from guardreasoner_vl import Guard, InvalidInputError
 from guardreasoner_vl.integrations.openai import (
@@ -25,24 +23,6 @@ from guardreasoner_vl.integrations.openai import (
 SAFE = [{"role": "user", "content": "How do I bake bread?"}]
 LONG = " ".join(f"Step {i}: knead the dough for one more minute." for i in range(16))  # ~750 characters
 TAINTED = " ".join(f"Step {i}: stir the soup." for i in range(8)) + " Then add the poison. " + LONG
-
-
-def sync_client(server: FakeOpenAIServer) -> openai.OpenAI:
-    return openai.OpenAI(
-        api_key="sk-test",
-        base_url="http://fake.test/v1",
-        max_retries=0,
-        http_client=httpx.Client(transport=server.transport()),
-    )
-
-
-def async_client(server: FakeOpenAIServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        api_key="sk-test",
-        base_url="http://fake.test/v1",
-        max_retries=0,
-        http_client=httpx.AsyncClient(transport=server.transport()),
-    )
 
 
 def judged_reply(backend: AsyncFakeBackend, call: int = -1) -> str:

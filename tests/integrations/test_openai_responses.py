@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-import openai
 import pytest
-from integration_helpers import AsyncFakeBackend, FakeOpenAIServer, png_data_url
+from integration_helpers import AsyncFakeBackend, FakeOpenAIServer, async_client, png_data_url, sync_client
 
 from guardreasoner_vl import Guard, GuardViolation, InvalidInputError
 from guardreasoner_vl.integrations.openai import (
@@ -23,24 +21,6 @@ from guardreasoner_vl.integrations.openai import (
     GuardReport,
     ResponseBlocked,
 )
-
-
-def sync_client(server: FakeOpenAIServer) -> openai.OpenAI:
-    return openai.OpenAI(
-        api_key="sk-test",
-        base_url="http://fake.test/v1",
-        max_retries=0,
-        http_client=httpx.Client(transport=server.transport()),
-    )
-
-
-def async_client(server: FakeOpenAIServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        api_key="sk-test",
-        base_url="http://fake.test/v1",
-        max_retries=0,
-        http_client=httpx.AsyncClient(transport=server.transport()),
-    )
 
 
 def judged(backend: AsyncFakeBackend, call: int = -1) -> tuple[str, str]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-import openai
 import pytest
-from integration_helpers import FakeOpenAIServer
+from integration_helpers import FakeOpenAIServer, sync_client
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage
@@ -58,13 +56,7 @@ def test_langchain_runnable(guard: Guard, threshold: object, blocked: bool) -> N
 @pytest.mark.parametrize(("threshold", "blocked"), [(None, False), (0.5, True)])
 def test_openai_client(guard: Guard, threshold: float | None, blocked: bool) -> None:
     server = FakeOpenAIServer()
-    raw = openai.OpenAI(
-        api_key="sk-test",
-        base_url="http://fake.test/v1",
-        max_retries=0,
-        http_client=httpx.Client(transport=server.transport()),
-    )
-    client = GuardedOpenAI(raw, guard, threshold=threshold)
+    client = GuardedOpenAI(sync_client(server), guard, threshold=threshold)
     completion = client.chat.completions.create(model="fake-chat", messages=[{"role": "user", "content": "hello"}])
     assert (completion.choices[0].finish_reason == "content_filter") is blocked
     assert (server.requests == []) is blocked  # blocked at the input stage, before the API

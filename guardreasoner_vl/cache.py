@@ -424,8 +424,13 @@ class SqliteCache(VerdictCache):
             raise InvalidInputError(f"the verdict cache {self.path} is closed")
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+        if self.path.is_dir():
+            raise InvalidInputError(f"the verdict cache {self.path} is a folder; give a file path (or 'memory')")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise InvalidInputError(f"cannot open the verdict cache {self.path}: {exc}") from exc
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

@@ -288,3 +288,15 @@ def test_cache_option_errors() -> None:
     assert guard.cache is shared  # a cache object passed in belongs to the caller: not closed
     shared.put("k", Generation(text="x"))
     assert shared.get("k") == Generation(text="x")
+
+
+@pytest.mark.parametrize("where", ["folder", "under-a-file", "unwritable"])
+def test_a_cache_path_that_cannot_be_a_file_is_a_clear_input_error(tmp_path, where: str) -> None:
+    from guardreasoner_vl.cache import open_cache
+    from guardreasoner_vl.errors import InvalidInputError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    path = {"folder": tmp_path, "under-a-file": blocker / "cache.sqlite", "unwritable": "/proc/no-such/cache.sqlite"}
+    with pytest.raises(InvalidInputError, match="verdict cache"):
+        open_cache(path[where])

@@ -138,10 +138,14 @@ def test_a_1mb_output_parses_in_linear_time(output: str):
 
 def test_parse_time_grows_linearly():
     def cost(n: int) -> float:
+        """The best of 3 parses: one pause of a shared machine (a GC, another process) is not the parser's."""
         text = "<think>" + ("Request: harmful <result> " * n) + "</think>" + FINAL_H
-        start = time.perf_counter()
-        parse_output(text, expect_response=True)
-        return time.perf_counter() - start
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            parse_output(text, expect_response=True)
+            times.append(time.perf_counter() - start)
+        return min(times)
 
     small, large = cost(5_000), cost(40_000)  # 8x the input
     assert large < 8 * 4 * max(small, 1e-3)  # quadratic would be ~64x

@@ -1018,7 +1018,8 @@ def read_logprobs(data: Any, text: str, *, chat: bool) -> LogprobTrace | None:
 
     Chat completions: ``{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, ...]}`` (token
     offsets from ``bytes`` when every entry has them, else from the token strings). Completions:
-    ``{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}], "text_offset"}``. Only positions whose
+    ``{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}]}`` (``text_offset`` is not used: offsets come
+from the tokens). Only positions whose
     token can start a label are kept. Nothing is guessed: when the tokens do not spell ``text``, None.
 
     Example:
@@ -1053,15 +1054,13 @@ def read_logprobs(data: Any, text: str, *, chat: bool) -> LogprobTrace | None:
             tokens = [str(t) for t in listed]
             tops = data.get("top_logprobs") or [None] * len(tokens)
             chosen = data.get("token_logprobs") or [None] * len(tokens)
-            starts = data.get("text_offset")
-            if isinstance(starts, list) and len(starts) == len(tokens) and "".join(tokens) == text:
-                offsets = tuple(int(x) - int(starts[0]) for x in starts)
-            else:
-                offsets = char_offsets([str(t).encode("utf-8") for t in tokens], text)
+            # the offsets are derived from the tokens themselves (the server's text_offset is not trusted: a
+            # wrong one would put a score at the wrong token); tokens that do not spell the text give no trace
+            offsets = char_offsets([t.encode("utf-8") for t in tokens], text)
             ranked = [
                 [*((top or {}).items()), (str(tokens[i]), chosen[i])] for i, top in enumerate(tops[: len(tokens)])
             ]
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None
     if offsets is None:
         return None

@@ -392,6 +392,8 @@ def test_a_server_without_logprobs_gives_no_scores(chat_server: ChatServer) -> N
         {"content": "not a list"},
         {"content": [{"token": "x"}]},  # no logprob, tokens do not spell the text
         {"tokens": ["a"], "top_logprobs": "bad"},
+        {"tokens": ["Request:", " harmful"], "token_logprobs": [-0.1]},  # fewer logprobs than tokens
+        {"tokens": ["Request:", " harmful"], "top_logprobs": [{}, ["not", "a", "dict"]]},
         "garbage",
     ],
 )
@@ -400,3 +402,22 @@ def test_malformed_logprobs_give_no_scores_not_an_error(logprobs: object) -> Non
 
     assert read_logprobs(logprobs, "Request: harmful", chat=True) is None
     assert read_logprobs(logprobs, "Request: harmful", chat=False) is None
+
+
+def test_a_forged_text_offset_cannot_move_a_score() -> None:
+    """Offsets come from the tokens: a server's wrong ``text_offset`` does not put the score on another token."""
+    import math
+
+    from guardreasoner_vl.backends.remote import read_logprobs
+    from guardreasoner_vl.scores import verdict_score
+
+    text = "Request: harmful"
+    data = {
+        "tokens": ["Request:", " harmful"],
+        "token_logprobs": [-0.01, math.log(0.7)],
+        "top_logprobs": [{"Request:": -0.01}, {" harmful": math.log(0.7), " unharmful": math.log(0.3)}],
+        "text_offset": [500, 0],  # forged
+    }
+    trace = read_logprobs(data, text, chat=False)
+    assert trace is not None and trace.offsets == (0, 8)
+    assert verdict_score(text, text.index("harmful"), "request", trace) == pytest.approx(0.7)

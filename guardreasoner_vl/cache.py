@@ -42,7 +42,9 @@ Two identical requests that miss at the same moment are both computed (no reques
 store replaces the first with the same content.
 
 The stored outputs are the model's reasoning, which often quotes the moderated text: protect a cache file as
-you would logs of that content (its folder's permissions; ``SqliteCache.clear()`` empties it).
+you would logs of that content (its folder's permissions; ``SqliteCache.clear()`` empties it). A cache file is
+also **as trusted as the model**: whoever can write it can plant a well-formed answer ("unharmful") for an input
+and it will be served. An entry that cannot be read back is dropped and counted as a miss.
 
 Example:
     >>> from guardreasoner_vl import Guard

@@ -87,6 +87,8 @@ def scored_generation(text: str, scores: Mapping[str, float], *, finish_reason: 
     for task in scores:
         if task not in TASK_LABELS:
             raise ValueError(f"scores keys are request, response and refusal, got {task!r}")
+        if not isinstance(scores[task], (int, float)) or not 0.0 <= scores[task] <= 1.0:
+            raise ValueError(f"a score is a probability in [0, 1], got {scores[task]!r} for {task}")
         if task in offsets:
             starts.update((offsets[task], offsets[task] + 1))
     positions = sorted(starts)
